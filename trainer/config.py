@@ -1,0 +1,374 @@
+"""Typed run configuration: one small frozen dataclass per concern, composed in `RunConfig`.
+
+Presets live in `configs/*.yaml`; the CLI applies dotted overrides (`train.epochs=3`); the resolved
+config is written into the run folder and into every checkpoint, so a run can always be rebuilt.
+Epoch-dependent constants are expressed as fractions of the run so that short runs keep the shape
+of the long schedule they were taken from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.errors import ConfigError
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "synthetic")
+ARCHS = ("small_cnn", "preact_resnet18", "resnet18", "wrn")
+METHODS = ("natural", "pgd_at", "trades", "generalist")
+NORMS = ("linf", "l2")
+EVAL_ATTACKS = ("clean", "pgd", "cw", "autoattack")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "fashion-mnist"
+    # None: the dataset's default place (Fashion-MNIST: /usr/share/datasets/fashion-mnist).
+    data_dir: str | None = None
+    # Held out of the training set, seeded; checkpoint selection looks only at this split.
+    val_size: int = 5000
+    # Use only this many training images (after the validation split); None: all of them.
+    train_subset: int | None = None
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    # Random-crop padding in pixels; None: the dataset's default (4 for 32x32, 2 for 28x28).
+    crop_padding: int | None = None
+    # Horizontal flip; None: the dataset's default (on for CIFAR and Fashion-MNIST, off for digits).
+    flip: bool | None = None
+    # Synthetic source: number of training / test images and their shape (C, H, W).
+    synthetic_train_size: int = 4096
+    synthetic_test_size: int = 1024
+    synthetic_shape: tuple[int, int, int] = (3, 32, 32)
+    synthetic_classes: int = 10
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "small_cnn"
+    # Dropout rate placed as in spec/lipschitz.md (between the convolutions of residual blocks,
+    # before the classifier's hidden layer of the small CNN); 0 disables it.
+    dropout: float = 0.0
+    # Wide ResNet only.
+    depth: int = 34
+    widen: int = 10
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The training-time attack (PGD). eps and step are in pixel space, inputs in [0, 1]."""
+
+    norm: str = "linf"
+    eps: float = 8 / 255
+    step: float = 2 / 255
+    steps: int = 10
+    random_start: bool = True
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Piecewise linear in the 1-based integer epoch e; knots are fractions of the run's epochs."""
+
+    knots: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)
+    values: tuple[float, ...] = (0.01, 0.01, 0.001, 0.0001)
+
+    def at(self, epoch: int, total_epochs: int) -> float:
+        xs = [k * total_epochs for k in self.knots]
+        if epoch <= xs[0]:
+            return float(self.values[0])
+        for (x0, v0), (x1, v1) in zip(zip(xs, self.values), zip(xs[1:], self.values[1:])):
+            if epoch <= x1:
+                return float(v0 + (v1 - v0) * (epoch - x0) / (x1 - x0)) if x1 > x0 else float(v1)
+        return float(self.values[-1])
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: Schedule = field(default_factory=Schedule)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+
+
+@dataclass(frozen=True)
+class GeneralistConfig:
+    """Generalist (Wang & Wang, CVPR 2023); defaults are the authors' schedule (spec/generalist.md)."""
+
+    # Objective of the robust expert: "pgd_at" or "trades".
+    robust_objective: str = "pgd_at"
+    # Weight of the robust side in the global learner's mix.
+    beta: Schedule = field(default_factory=lambda: Schedule(values=(1.0, 1.0, 1.0, 0.4)))
+    # Moving-average decay d_k = min(decay_max, (k + 1) / (k + decay_warmup)).
+    decay_max: float = 0.999
+    decay_warmup: float = 10.0
+    # Redistribution (theta_R, theta_N <- G) in epochs e >= ceil(sync_start * E) with
+    # e % max(1, round(sync_period * E)) == 0: 75/120 and 5/120 reproduce epochs 75, 80, ..., 120.
+    sync_start: float = 75 / 120
+    sync_period: float = 5 / 120
+    # "every_step": after every iteration of a sync epoch (the authors' code, our default);
+    # "epoch_end": once at the end of each sync epoch.
+    sync_mode: str = "every_step"
+    robust_optim: OptimConfig = field(default_factory=lambda: OptimConfig(weight_decay=3.5e-3))
+    natural_optim: OptimConfig = field(default_factory=lambda: OptimConfig(weight_decay=5e-4))
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = "generalist"
+    trades_beta: float = 6.0
+    generalist: GeneralistConfig = field(default_factory=GeneralistConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 120
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out_dir: str = "runs/default"
+    # Also write a checkpoint every this many steps (0: only at the end of each epoch).
+    checkpoint_every_steps: int = 0
+    log_every_steps: int = 20
+    # Stop after this many optimisation steps in total (None: run all epochs); for tests and smoke runs.
+    max_steps: int | None = None
+    # Evaluate on the validation split after every epoch with a cheap PGD (for model selection).
+    val_points: int = 1000
+    val_pgd_steps: int = 10
+    deterministic: bool = False
+    # torch.set_num_threads; 0 leaves torch's default.
+    threads: int = 0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_points: int = 1000
+    attacks: tuple[str, ...] = ("clean", "pgd", "cw", "autoattack")
+    # None: the training attack's eps.
+    eps: float | None = None
+    pgd_steps: int = 20
+    cw_steps: int = 20
+    # Step size as a multiple of eps / steps (2.5 is the usual choice: the attack can cross the ball).
+    step_ratio: float = 2.5
+    autoattack_version: str = "standard"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    # Optimiser of the single-network methods (natural, pgd_at, trades).
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _check(cond: bool, field_name: str, value: Any, expected: str) -> None:
+    if not cond:
+        raise ConfigError(f"config field '{field_name}' = {value!r}: expected {expected}")
+
+
+def _check_schedule(s: Schedule, name: str) -> None:
+    _check(len(s.knots) == len(s.values) and len(s.knots) >= 1, name, s,
+           "as many knots as values, at least one")
+    _check(all(0.0 <= k <= 1.0 for k in s.knots), f"{name}.knots", s.knots, "fractions in [0, 1]")
+    _check(all(a <= b for a, b in zip(s.knots, s.knots[1:])), f"{name}.knots", s.knots,
+           "non-decreasing fractions")
+    _check(all(math.isfinite(v) for v in s.values), f"{name}.values", s.values, "finite numbers")
+
+
+def _check_optim(o: OptimConfig, name: str) -> None:
+    _check_schedule(o.lr, f"{name}.lr")
+    _check(all(v >= 0 for v in o.lr.values), f"{name}.lr.values", o.lr.values, "learning rates >= 0")
+    _check(0.0 <= o.momentum < 1.0, f"{name}.momentum", o.momentum, "a value in [0, 1)")
+    _check(o.weight_decay >= 0, f"{name}.weight_decay", o.weight_decay, "a value >= 0")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Raise ConfigError naming the first invalid field; return cfg unchanged otherwise."""
+    d, m, a, me, t, e = cfg.data, cfg.model, cfg.attack, cfg.method, cfg.train, cfg.eval
+    _check(d.dataset in DATASETS, "data.dataset", d.dataset, f"one of {DATASETS}")
+    _check(d.val_size >= 0, "data.val_size", d.val_size, "an integer >= 0")
+    _check(d.train_subset is None or d.train_subset > 0, "data.train_subset", d.train_subset,
+           "null or an integer > 0")
+    _check(d.batch_size > 0, "data.batch_size", d.batch_size, "an integer > 0")
+    _check(d.eval_batch_size > 0, "data.eval_batch_size", d.eval_batch_size, "an integer > 0")
+    _check(d.crop_padding is None or d.crop_padding >= 0, "data.crop_padding", d.crop_padding,
+           "null or an integer >= 0")
+    _check(len(d.synthetic_shape) == 3 and all(s > 0 for s in d.synthetic_shape),
+           "data.synthetic_shape", d.synthetic_shape, "three positive integers (C, H, W)")
+    _check(m.arch in ARCHS, "model.arch", m.arch, f"one of {ARCHS}")
+    _check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "a rate in [0, 1)")
+    _check(m.depth >= 10 and (m.depth - 4) % 6 == 0, "model.depth", m.depth,
+           "6n + 4 with n >= 1 (e.g. 16, 28, 34)")
+    _check(m.widen >= 1, "model.widen", m.widen, "an integer >= 1")
+    _check(a.norm in NORMS, "attack.norm", a.norm, f"one of {NORMS}")
+    _check(math.isfinite(a.eps) and a.eps >= 0, "attack.eps", a.eps, "a finite value >= 0")
+    _check(math.isfinite(a.step) and a.step >= 0, "attack.step", a.step, "a finite value >= 0")
+    _check(a.steps >= 0, "attack.steps", a.steps, "an integer >= 0")
+    _check(me.name in METHODS, "method.name", me.name, f"one of {METHODS}")
+    _check(me.trades_beta >= 0, "method.trades_beta", me.trades_beta, "a value >= 0")
+    g = me.generalist
+    _check(g.robust_objective in ("pgd_at", "trades"), "method.generalist.robust_objective",
+           g.robust_objective, "'pgd_at' or 'trades'")
+    _check_schedule(g.beta, "method.generalist.beta")
+    _check(all(0.0 <= v <= 1.0 for v in g.beta.values), "method.generalist.beta.values", g.beta.values,
+           "weights in [0, 1]")
+    _check(0.0 <= g.decay_max < 1.0, "method.generalist.decay_max", g.decay_max, "a value in [0, 1)")
+    _check(g.decay_warmup >= 1.0, "method.generalist.decay_warmup", g.decay_warmup, "a value >= 1")
+    _check(0.0 <= g.sync_start <= 1.0, "method.generalist.sync_start", g.sync_start, "a fraction in [0, 1]")
+    _check(g.sync_period > 0, "method.generalist.sync_period", g.sync_period, "a fraction > 0")
+    _check(g.sync_mode in ("every_step", "epoch_end"), "method.generalist.sync_mode", g.sync_mode,
+           "'every_step' or 'epoch_end'")
+    _check_optim(cfg.optim, "optim")
+    _check_optim(g.robust_optim, "method.generalist.robust_optim")
+    _check_optim(g.natural_optim, "method.generalist.natural_optim")
+    _check(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
+    _check(t.max_steps is None or t.max_steps >= 1, "train.max_steps", t.max_steps, "null or an integer >= 1")
+    _check(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", t.checkpoint_every_steps,
+           "an integer >= 0")
+    _check(t.val_points >= 0, "train.val_points", t.val_points, "an integer >= 0")
+    _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
+           t.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    _check(e.num_points > 0, "eval.num_points", e.num_points, "an integer > 0")
+    _check(all(x in EVAL_ATTACKS for x in e.attacks), "eval.attacks", e.attacks,
+           f"a list drawn from {EVAL_ATTACKS}")
+    _check(e.eps is None or (math.isfinite(e.eps) and e.eps >= 0), "eval.eps", e.eps, "null or a value >= 0")
+    _check(e.pgd_steps >= 1, "eval.pgd_steps", e.pgd_steps, "an integer >= 1")
+    _check(e.cw_steps >= 1, "eval.cw_steps", e.cw_steps, "an integer >= 1")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion from and to plain dicts (YAML, JSON, checkpoints)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML/JSON value to the annotated type, raising ConfigError on a mismatch."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config field '{where}' = {value!r}: expected a mapping of {tp.__name__} fields")
+        return from_dict(tp, value, prefix=where + ".")
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config field '{where}' = {value!r}: expected a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"config field '{where}' = {value!r}: expected a list of {len(args)} values")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config field '{where}' = {value!r}: expected true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config field '{where}' = {value!r}: expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config field '{where}' = {value!r}: expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config field '{where}' = {value!r}: expected a string")
+        return value
+    return value
+
+
+_T = typing.TypeVar("_T")
+
+
+def from_dict(cls: type[_T], data: dict[str, Any], prefix: str = "") -> _T:
+    """Build a (nested) config dataclass from a dict; unknown keys are errors, missing keys default."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config field '{prefix}{unknown[0]}': {cls.__name__} has {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict with lists for tuples (YAML/JSON friendly)."""
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+    return conv(cfg)
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted `a.b.c=value` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected the form section.field=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: '{p}' is not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(text)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML preset (or the defaults), apply dotted overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p}: not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p}: not valid YAML ({exc})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: expected a mapping at the top level")
+        data = loaded or {}
+    apply_overrides(data, overrides or [])
+    return validate(from_dict(RunConfig, data))
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    return validate(from_dict(RunConfig, data))
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

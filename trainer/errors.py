@@ -1,0 +1,25 @@
+"""The project's own exceptions.
+
+Every error a user can cause (bad file, bad config value, bad checkpoint) is one of these, and its
+message names the file, field or value and says what was expected.
+"""
+
+
+class TrainerError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class DatasetError(TrainerError, ValueError):
+    """A dataset file is missing, truncated, malformed or inconsistent."""
+
+
+class ConfigError(TrainerError, ValueError):
+    """A configuration value is unknown, out of range or inconsistent."""
+
+
+class CheckpointError(TrainerError, RuntimeError):
+    """A checkpoint is missing, corrupt, or does not match the run it is loaded into."""
+
+
+class MissingDependencyError(TrainerError, ImportError):
+    """An optional package was explicitly requested but is not installed."""
