@@ -1,0 +1,108 @@
+"""CpuLoader: batch format, seeding, exact resume at any batch, and augmentation that keeps content."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.data import ArrayDataset, CpuLoader
+from trainer.errors import ConfigError
+
+
+def _dataset(count=50, side=8, channels=3):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (count, side, side, channels), dtype=np.uint8)
+    # One class per point, so labels identify which image a batch row came from.
+    return ArrayDataset(images, np.arange(count), count, "toy", (0.5,) * channels, (0.25,) * channels)
+
+
+def _epoch(loader, epoch, start=0):
+    return [(x.clone(), y.clone()) for x, y in loader.batches(epoch, start=start)]
+
+
+def _raw(ds, indices):
+    return torch.from_numpy(ds.images[indices]).permute(0, 3, 1, 2).float() / 255
+
+
+def test_batch_format_and_count():
+    ds = _dataset()
+    loader = CpuLoader(ds, 16, shuffle=True, padding=2, flip=True, seed=0, drop_last=False)
+    batches = _epoch(loader, 1)
+    assert len(loader) == len(batches) == 4
+    assert [len(y) for _, y in batches] == [16, 16, 16, 2]
+    for x, y in batches:
+        assert x.dtype == torch.float32 and x.shape[1:] == (3, 8, 8) and x.is_contiguous()
+        assert y.dtype == torch.int64 and 0.0 <= x.min() and x.max() <= 1.0
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == list(range(50))  # each point once
+    assert len(CpuLoader(ds, 16, shuffle=True, padding=0, flip=False, seed=0, drop_last=True)) == 3
+
+
+def test_same_seed_same_batches_and_resume_equals_tail():
+    ds = _dataset()
+    make = lambda seed: CpuLoader(ds, 8, shuffle=True, padding=2, flip=True, seed=seed, drop_last=True)  # noqa: E731
+    full = _epoch(make(5), 3)
+    again = _epoch(make(5), 3)
+    for (x, y), (x2, y2) in zip(full, again, strict=True):
+        torch.testing.assert_close(x, x2, rtol=0, atol=0)
+        torch.testing.assert_close(y, y2, rtol=0, atol=0)
+    for start in (1, 4, len(full)):
+        tail = _epoch(make(5), 3, start=start)
+        assert len(tail) == len(full) - start
+        for (x, y), (x2, y2) in zip(full[start:], tail, strict=True):
+            torch.testing.assert_close(x, x2, rtol=0, atol=0)
+            torch.testing.assert_close(y, y2, rtol=0, atol=0)
+    other_seed = _epoch(make(6), 3)
+    other_epoch = _epoch(make(5), 4)
+    assert not torch.equal(full[0][1], other_seed[0][1])
+    assert not torch.equal(full[0][1], other_epoch[0][1])
+
+
+def test_no_augmentation_without_shuffle_gives_the_raw_images_in_order():
+    ds = _dataset()
+    loader = CpuLoader(ds, 16, shuffle=False, padding=0, flip=False, seed=0, drop_last=False)
+    x = torch.cat([x for x, _ in loader.batches(7)])
+    y = torch.cat([y for _, y in loader.batches(7)])
+    torch.testing.assert_close(x, _raw(ds, np.arange(50)), rtol=0, atol=0)
+    torch.testing.assert_close(y, torch.arange(50), rtol=0, atol=0)
+
+
+def test_crop_is_a_shifted_window_of_the_padded_image():
+    ds = _dataset(count=40)
+    loader = CpuLoader(ds, 40, shuffle=False, padding=2, flip=False, seed=1, drop_last=False)
+    (x, _), = loader.batches(0)
+    padded = F.pad(_raw(ds, np.arange(40)), (2, 2, 2, 2))
+    found = []
+    for i in range(40):
+        windows = {(r, c): padded[i, :, r:r + 8, c:c + 8] for r in range(5) for c in range(5)}
+        matches = [corner for corner, window in windows.items() if torch.equal(x[i], window)]
+        assert matches, f"sample {i} is not a window of its padded image"
+        found.append(matches[0])
+    assert len(set(found)) > 5  # offsets vary per sample
+
+
+def test_flip_mirrors_about_half_of_the_images():
+    ds = _dataset(count=64)
+    loader = CpuLoader(ds, 64, shuffle=False, padding=0, flip=True, seed=2, drop_last=False)
+    (x, _), = loader.batches(0)
+    raw = _raw(ds, np.arange(64))
+    flipped = [torch.equal(x[i], raw[i].flip(-1)) for i in range(64)]
+    assert all(f or torch.equal(x[i], raw[i]) for i, f in enumerate(flipped))
+    assert 16 < sum(flipped) < 48
+
+
+def test_global_rng_untouched():
+    np_state, torch_state = np.random.get_state()[1].copy(), torch.get_rng_state().clone()
+    loader = CpuLoader(_dataset(), 8, shuffle=True, padding=2, flip=True, seed=0, drop_last=False)
+    _epoch(loader, 1)
+    np.testing.assert_array_equal(np.random.get_state()[1], np_state)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+
+
+def test_empty_dataset_and_bad_arguments():
+    empty = _dataset().subset(np.arange(0))
+    loader = CpuLoader(empty, 8, shuffle=True, padding=2, flip=True, seed=0, drop_last=False)
+    assert len(loader) == 0 and _epoch(loader, 1) == []
+    with pytest.raises(ConfigError, match="batch size"):
+        CpuLoader(empty, 0)
+    with pytest.raises(ConfigError, match="start batch 5"):
+        CpuLoader(_dataset(), 16, drop_last=True).batches(0, start=5)
