@@ -139,6 +139,9 @@ class TrainConfig:
     # Evaluate on the validation split after every epoch with a cheap PGD (for model selection).
     val_points: int = 1000
     val_pgd_steps: int = 10
+    # What the best checkpoint maximises on the validation split: "pgd", "clean", or "sum" of both
+    # (the default: Generalist's point is the pair, and the sum does not favour either side).
+    select_metric: str = "sum"
     deterministic: bool = False
     # torch.set_num_threads; 0 leaves torch's default.
     threads: int = 0
@@ -241,6 +244,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", t.checkpoint_every_steps,
            "an integer >= 0")
     _check(t.val_points >= 0, "train.val_points", t.val_points, "an integer >= 0")
+    _check(t.select_metric in ("pgd", "clean", "sum"), "train.select_metric", t.select_metric,
+           "'pgd', 'clean' or 'sum'")
     _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
            t.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
     _check(e.num_points > 0, "eval.num_points", e.num_points, "an integer > 0")
