@@ -1,0 +1,37 @@
+"""AutoAttack (Croce & Hein, ICML 2020) through the official `pyautoattack` package, import-guarded."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trainer.errors import MissingDependencyError
+
+
+def autoattack_available() -> bool:
+    try:
+        import pyautoattack  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
+                   batch_size: int, seed: int, version: str = "standard") -> torch.Tensor:
+    """Adversarial examples from AutoAttack; the caller's global RNG state is left as it was."""
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError:
+        raise MissingDependencyError(
+            "AutoAttack was requested but the 'pyautoattack' package is not installed: "
+            "pip install pyautoattack (or the project's 'eval' extra), or drop 'autoattack' from eval.attacks"
+        ) from None
+    aa_norm = {"linf": "Linf", "l2": "L2"}[norm]
+    devices = [x.device] if x.device.type == "cuda" else []
+    # AutoAttack seeds the global generators itself; fork so the training / caller RNG stream is untouched.
+    with torch.random.fork_rng(devices=devices):
+        adversary = AutoAttack(model, norm=aa_norm, eps=eps, version=version, device=x.device, seed=seed)
+        adversary.verbose = False
+        # pyautoattack >= 0.2 returns (x_adv, predicted labels); the caller re-classifies x_adv itself.
+        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    return x_adv
