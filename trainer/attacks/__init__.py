@@ -1,0 +1,16 @@
+"""Adversarial attacks on [0,1] inputs with eps in pixel space: PGD (Linf, L2), CW-inf, TRADES KL."""
+
+from __future__ import annotations
+
+from trainer.attacks.base import Attack, eval_mode
+from trainer.attacks.cw import CWLinf, cw_margin
+from trainer.attacks.pgd import PGD
+from trainer.attacks.trades_kl import TradesKL
+from trainer.config import AttackConfig
+
+__all__ = ["Attack", "CWLinf", "PGD", "TradesKL", "build_train_attack", "cw_margin", "eval_mode"]
+
+
+def build_train_attack(cfg: AttackConfig) -> PGD:
+    """The training-time PGD; randomness from the global torch RNG, which checkpoints capture."""
+    return PGD(cfg.eps, cfg.step, cfg.steps, norm=cfg.norm, random_start=cfg.random_start)

@@ -1,0 +1,71 @@
+"""Projected gradient descent (Madry et al., "Towards Deep Learning Models Resistant to Adversarial
+Attacks", ICLR 2018), Linf or L2, with a random start, maximising cross-entropy."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels import pgd_l2_step_, pgd_linf_step_, pgd_random_start
+from trainer.attacks.base import Attack, draw_seed, local_generator
+from trainer.errors import ConfigError
+
+NORMS = ("linf", "l2")
+
+
+def l2_random_start(x: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
+    """x + delta, delta uniform in the L2 ball of radius eps, then clamped to [0,1].
+
+    Uniform in the ball: a Gaussian direction normalised to the sphere, scaled by eps * U^(1/d)
+    with d the number of pixels per sample. Clamping only shrinks |delta| coordinate-wise, so the
+    start stays inside the ball.
+    """
+    n = x.shape[0]
+    d = x[0].numel()
+    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    norms = direction.flatten(1).norm(dim=1).clamp_min(1e-12)  # (N,)
+    radius = eps * torch.rand(n, generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)  # (N,)
+    shape = (n,) + (1,) * (x.dim() - 1)
+    return (x + direction * (radius / norms).view(shape)).clamp_(0.0, 1.0)
+
+
+class PGD(Attack):
+    """PGD-k on the cross-entropy (summed over the batch: per-sample gradients are then unscaled)."""
+
+    def __init__(self, eps: float, step: float, steps: int, *, norm: str = "linf", random_start: bool = True,
+                 generator: torch.Generator | None = None):
+        super().__init__(eps, step, steps, generator=generator)
+        if norm not in NORMS:
+            raise ConfigError(f"{type(self).__name__}: norm = {norm!r}, expected one of {NORMS}")
+        self.norm = norm
+        self.random_start = random_start
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The objective to maximise; logits (N, K) fp32, y (N,) -> scalar."""
+        return F.cross_entropy(logits, y, reduction="sum")
+
+    def start(self, x: torch.Tensor) -> torch.Tensor:
+        """The first iterate: a uniform draw from the eps-ball clamped to [0,1], or x itself."""
+        if not self.random_start:
+            return x.clone()
+        seed = draw_seed(self.generator)  # drawn even when eps == 0, so the RNG stream does not depend on eps
+        if self.eps == 0:
+            return x.clone()
+        if self.norm == "linf":
+            return pgd_random_start(x, self.eps, seed)
+        return l2_random_start(x, self.eps, local_generator(seed, x.device))
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x_adv = self.start(x)  # (N, C, H, W), a new tensor
+        if self.eps == 0:
+            return x_adv  # the ball is the point x: nothing to search
+        step_ = pgd_linf_step_ if self.norm == "linf" else pgd_l2_step_
+        for _ in range(self.steps):
+            grad = self.input_grad(model, x_adv, lambda logits: self.loss(logits, y))
+            step_(x_adv, grad, x, self.eps, self.step)
+        return x_adv
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(eps={self.eps:.6g}, step={self.step:.6g}, steps={self.steps}, "
+                f"norm={self.norm!r}, random_start={self.random_start})")

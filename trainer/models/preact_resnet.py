@@ -1,0 +1,64 @@
+"""PreAct ResNet-18 for small images (He et al., "Identity Mappings in Deep Residual Networks",
+ECCV 2016), in the CIFAR form used by Rice et al. (ICML 2020): 3x3 stem, no max-pool, a final
+BN-ReLU before pooling. Optional dropout between the two convolutions of every block
+(Yang et al., NeurIPS 2020; spec/lipschitz.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.models.normalize import Normalize
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-[dropout]-conv3x3, plus the identity (or a 1x1 projection of the
+    pre-activated input when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, dropout: float):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.shortcut = (nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+                         if stride != 1 or cin != cout else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        # The projection sees the pre-activated input, as in the paper's full pre-activation unit.
+        skip = self.shortcut(out) if self.shortcut is not None else x
+        out = F.relu(self.bn2(self.conv1(out)))
+        if self.dropout is not None:
+            out = self.dropout(out)
+        return self.conv2(out) + skip
+
+
+class PreActResNet18(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float],
+                 dropout: float = 0.0):
+        super().__init__()
+        self.num_classes = num_classes
+        self.normalize = Normalize(mean, std)
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
+        layers, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers.append(nn.Sequential(PreActBlock(cin, cout, stride, dropout),
+                                        PreActBlock(cout, cout, 1, dropout)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.bn = nn.BatchNorm2d(512)
+        self.linear = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, C, H, W) in [0,1] -> logits (N, num_classes)."""
+        out = self.conv1(self.normalize(x))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.relu(self.bn(out))
+        # Global average pooling instead of a fixed 4x4 pool, so any input size >= 8 works.
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
