@@ -160,6 +160,8 @@ class EvalConfig:
     step_ratio: float = 2.5
     autoattack_version: str = "standard"
     seed: int = 0
+    # Which of the method's models to evaluate (Generalist: global, robust, natural); empty: all of them.
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import torch
 
 from trainer.checkpoint import atomic_write, export_safetensors, resolve_checkpoint
 from trainer.config import EvalConfig, to_dict, validate
+from trainer.errors import ConfigError
 from trainer.eval import evaluate_models
 from trainer.metrics import table
 from trainer.session import dataset_tensors, model_metadata, session_from_checkpoint
@@ -26,9 +27,16 @@ def evaluate_checkpoint(run_or_file: str | Path, *, which: str = "best", eval_cf
     if eval_cfg is not None:
         cfg = validate(dataclasses.replace(cfg, eval=eval_cfg))
     ecfg = cfg.eval
+    models = session.method.eval_models()
+    unknown = [m for m in ecfg.models if m not in models]
+    if unknown:
+        raise ConfigError(f"config field 'eval.models' = {list(ecfg.models)}: method '{session.method.name}' "
+                          f"has models {list(models)}")
+    if ecfg.models:
+        models = {k: v for k, v in models.items() if k in ecfg.models}
     x, y = dataset_tensors(session.splits.test, ecfg.num_points, session.device)
     start = time.perf_counter()
-    results = evaluate_models(session.method.eval_models(), x, y, ecfg, cfg.attack, cfg.data.eval_batch_size)
+    results = evaluate_models(models, x, y, ecfg, cfg.attack, cfg.data.eval_batch_size)
     report = {
         "checkpoint": str(path),
         "trained_until": state["position"],
