@@ -13,28 +13,8 @@ from torch import nn
 
 from trainer.models.normalize import Normalize
 
-
-class WideBlock(nn.Module):
-    """BN-ReLU-conv3x3-BN-ReLU-[dropout]-conv3x3, plus the identity or a 1x1 projection of the
-    pre-activated input when the width or stride changes."""
-
-    def __init__(self, cin: int, cout: int, stride: int, dropout: float):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.shortcut = (nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
-                         if stride != 1 or cin != cout else None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        skip = self.shortcut(out) if self.shortcut is not None else x
-        out = F.relu(self.bn2(self.conv1(out)))
-        if self.dropout is not None:
-            out = self.dropout(out)
-        return self.conv2(out) + skip
+# A wide ResNet block is the full pre-activation unit (Zagoruyko & Komodakis use He et al.'s v2 block).
+from trainer.models.preact_resnet import PreActBlock as WideBlock
 
 
 class WideResNet(nn.Module):
