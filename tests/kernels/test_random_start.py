@@ -1,0 +1,98 @@
+"""pgd_random_start: reproducibility, bounds, distribution, and the Triton kernel against the formula."""
+
+import pytest
+import torch
+
+from kernels import pgd_random_start
+from kernels.pgd_step import pgd_random_start_reference, pgd_random_start_triton
+from tests.kernels.conftest import ARITH_TOL, DEVICE, STORE_TOL, X_DTYPES, assert_close, triton_runs_here
+
+
+def _x(shape, dtype=torch.float32, memory_format=None, seed=0):
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(seed)).to(device=DEVICE, dtype=dtype)
+    return x.contiguous(memory_format=memory_format) if memory_format is not None else x
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 3, 11, 13)])
+@pytest.mark.parametrize("dtype", X_DTYPES)
+def test_same_seed_same_start_and_within_bounds(provider, shape, dtype):
+    x = _x(shape, dtype)
+    a = pgd_random_start(x, 8 / 255, seed=123, policy=provider)
+    b = pgd_random_start(x, 8 / 255, seed=123, policy=provider)
+    c = pgd_random_start(x, 8 / 255, seed=124, policy=provider)
+    assert a.dtype == dtype and a.shape == x.shape and a.data_ptr() != x.data_ptr()
+    assert torch.equal(a, b)
+    assert x.numel() < 5 or not torch.equal(a, c)
+    # within [lo, hi] and within eps of x, up to one storage unit of rounding
+    unit = {torch.float32: 1e-7, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}[dtype]
+    d = (a.float() - x.float()).abs()
+    assert (d <= 8 / 255 + unit).all()
+    assert (a >= 0).all() and (a <= 1).all()
+
+
+def test_layout_is_preserved(provider):
+    x = _x((2, 3, 5, 7), memory_format=torch.channels_last)
+    out = pgd_random_start(x, 0.1, seed=1, policy=provider)
+    assert out.stride() == x.stride()
+
+
+def test_noise_is_uniform_on_the_interval(provider):
+    x = torch.full((20000,), 0.5, device=DEVICE)
+    u = (pgd_random_start(x, 0.25, seed=7, policy=provider) - 0.5) / 0.25
+    assert u.min() >= -1.0 and u.max() < 1.0
+    # mean 0 and variance 1/3 of U(-1, 1), to about 5 standard errors at this sample size
+    assert abs(u.mean().item()) < 0.02
+    assert abs(u.var().item() - 1 / 3) < 0.02
+    counts = torch.histc(u.cpu(), bins=10, min=-1, max=1)
+    assert (counts > 1700).all() and (counts < 2300).all(), counts
+
+
+def test_per_sample_eps(provider):
+    x = _x((3, 50))
+    eps = torch.tensor([0.0, 0.1, 0.3], device=DEVICE)
+    out = pgd_random_start(x, eps, seed=3, lo=-1.0, hi=2.0, policy=provider)
+    assert torch.equal(out[0], x[0])
+    for i in (1, 2):
+        d = out[i] - x[i]
+        assert d.abs().max() <= eps[i] and d.abs().max() > 0.5 * eps[i]
+
+
+def test_clamped_to_bounds(provider):
+    x = torch.tensor([0.0, 1.0, 0.0, 1.0] * 50, device=DEVICE)
+    out = pgd_random_start(x, 0.5, seed=5, policy=provider)
+    assert (out >= 0).all() and (out <= 1).all()
+    assert (out == 0).any() and (out == 1).any()
+
+
+@pytest.mark.parametrize("dtype", X_DTYPES)
+def test_triton_kernel_applies_the_formula_to_its_noise(dtype):
+    """Recover the kernel's U(-1, 1) draws (x = 0, eps = 1, wide bounds) and check that a general call is
+    clamp(x + eps * u, lo, hi) of those draws, with its output poisoned beforehand."""
+    ok, why = triton_runs_here()
+    if not ok:
+        pytest.skip(why)
+    shape = (3, 1, 37, 37)  # 4107 elements: a second, almost empty program
+    u = pgd_random_start_triton(torch.zeros(shape, device=DEVICE), 1.0, 99, -2.0, 2.0)
+    x = _x(shape, dtype, seed=1)
+    eps = torch.tensor([0.02, 0.05, 0.3], device=DEVICE)
+    out = torch.full(shape, float("nan"), dtype=dtype, device=DEVICE)
+    pgd_random_start_triton(x, eps, 99, 0.1, 0.9, out=out)
+    expected = (x.float() + eps.view(-1, 1, 1, 1) * u).clamp(0.1, 0.9).to(dtype)
+    assert_close(out, expected, ARITH_TOL[dtype] if dtype != torch.float32 else (1e-7, 2.0**-23), "formula")
+
+
+def test_reference_writes_every_element_of_out():
+    x = _x((5, 7))
+    out = torch.full_like(x, float("nan"))
+    pgd_random_start_reference(x, 0.1, 4, out=out)
+    assert_close(out, pgd_random_start_reference(x, 0.1, 4), STORE_TOL[torch.float32], "poisoned out")
+
+
+def test_argument_errors():
+    x = torch.rand(4, 3)
+    with pytest.raises(ValueError, match="seed must be an int"):
+        pgd_random_start(x, 0.1, seed=-1)
+    with pytest.raises(ValueError, match="seed must be an int"):
+        pgd_random_start(x, 0.1, seed=1.5)
+    with pytest.raises(ValueError, match=r"eps must be a float or a tensor of shape \(4,\)"):
+        pgd_random_start(x, torch.ones(3), seed=1)
