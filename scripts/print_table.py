@@ -1,4 +1,4 @@
-"""Print the comparison table (markdown) from the eval JSON files of runs/table/<method>/."""
+"""Print the comparison table (markdown) from runs/table/<method>/eval_n<N>.json and eval_aa<AA_N>.json."""
 
 import json
 import sys
@@ -7,21 +7,25 @@ from pathlib import Path
 ORDER = ["natural", "pgd_at", "trades", "generalist"]
 
 
-def main(root: str) -> None:
-    print("| method | model | clean | PGD-20 | CW-20 | AutoAttack | points | eval seconds |")
-    print("|---|---|---|---|---|---|---|---|")
+def load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"models": {}}
+
+
+def main(root: str, n: str, aa_n: str) -> None:
+    print(f"| method | model | clean ({n}) | PGD-20 ({n}) | CW-20 ({n}) | clean ({aa_n}) | AutoAttack ({aa_n}) |")
+    print("|---|---|---|---|---|---|---|")
     for method in ORDER:
-        for name in ("eval_best.json", "eval_best_experts.json"):
-            path = Path(root) / method / name
-            if not path.exists():
-                continue
-            report = json.loads(path.read_text())
-            for model, res in report["models"].items():
-                def pct(key):
-                    return f"{100 * res[key]:.1f}" if key in res else "-"
-                print(f"| {method} | {model} | {pct('clean')} | {pct('pgd20')} | {pct('cw20')} | "
-                      f"{pct('autoattack')} | {report['num_points']} | {report['seconds']:.0f} |")
+        main_eval = load(Path(root) / method / f"eval_n{n}.json")
+        aa_eval = load(Path(root) / method / f"eval_aa{aa_n}.json")
+        for model, res in main_eval["models"].items():
+            aa = aa_eval["models"].get(model, {})
+
+            def pct(d: dict, key: str) -> str:
+                return f"{100 * d[key]:.1f}" if key in d else "-"
+
+            print(f"| {method} | {model} | {pct(res, 'clean')} | {pct(res, 'pgd20')} | {pct(res, 'cw20')} | "
+                  f"{pct(aa, 'clean')} | {pct(aa, 'autoattack')} |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/table")
+    main(*(sys.argv[1:4] if len(sys.argv) > 3 else ["runs/table", "1000", "200"]))
