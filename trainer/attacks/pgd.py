@@ -30,16 +30,29 @@ def l2_random_start(x: torch.Tensor, eps: float, generator: torch.Generator) -> 
     return (x + direction * (radius / norms).view(shape)).clamp_(0.0, 1.0)
 
 
+def zero_fraction(grad: torch.Tensor) -> torch.Tensor:
+    """Fraction of exactly-zero entries of `grad`, as a 0-dim fp32 tensor on its device (no host sync)."""
+    return (grad == 0).float().mean()
+
+
 class PGD(Attack):
-    """PGD-k on the cross-entropy (summed over the batch: per-sample gradients are then unscaled)."""
+    """PGD-k on the cross-entropy (summed over the batch: per-sample gradients are then unscaled).
+
+    Diagnostic: after each call, `zero_grad_fraction` holds the fraction of exactly-zero input-gradient
+    entries (a 0-dim device tensor, read it when convenient): of the last step only, or the mean over all
+    steps with `zero_grad_every_step`. Zero gradients stall the sign step; a high fraction means gradient
+    masking or, under low precision, gradients that underflowed (trainer/engine/precision.py).
+    """
 
     def __init__(self, eps: float, step: float, steps: int, *, norm: str = "linf", random_start: bool = True,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, zero_grad_every_step: bool = False):
         super().__init__(eps, step, steps, generator=generator)
         if norm not in NORMS:
             raise ConfigError(f"{type(self).__name__}: norm = {norm!r}, expected one of {NORMS}")
         self.norm = norm
         self.random_start = random_start
+        self.zero_grad_every_step = zero_grad_every_step
+        self.zero_grad_fraction: torch.Tensor | None = None
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The objective to maximise; logits (N, K) fp32, y (N,) -> scalar."""
@@ -57,13 +70,21 @@ class PGD(Attack):
         return l2_random_start(x, self.eps, local_generator(seed, x.device))
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.zero_grad_fraction = None
         x_adv = self.start(x)  # (N, C, H, W), a new tensor
         if self.eps == 0:
             return x_adv  # the ball is the point x: nothing to search
         step_ = pgd_linf_step_ if self.norm == "linf" else pgd_l2_step_
-        for _ in range(self.steps):
+        zero_sum = None
+        for i in range(self.steps):
             grad = self.input_grad(model, x_adv, lambda logits: self.loss(logits, y))
+            if self.zero_grad_every_step:
+                zero_sum = zero_fraction(grad) if zero_sum is None else zero_sum + zero_fraction(grad)
+            elif i == self.steps - 1:
+                self.zero_grad_fraction = zero_fraction(grad)
             step_(x_adv, grad, x, self.eps, self.step)
+        if zero_sum is not None:
+            self.zero_grad_fraction = zero_sum / self.steps
         return x_adv
 
     def __repr__(self) -> str:

@@ -1,0 +1,17 @@
+"""How a training step runs on the device: precision (autocast, loss scaling), memory format, cuDNN and TF32
+policy, Generalist's two streams, CUDA graphs, torch.compile, the optimiser implementation, and the named
+phases the profiler and the end-to-end benchmark see. `engine.*` in the run config (EngineConfig) drives it;
+`Engine` is what a method holds. The profile command lives in trainer/engine/profiling.py.
+"""
+
+from trainer.engine.backends import apply_backend_policy, backend_state, restore_backend_state
+from trainer.engine.engine import Engine
+from trainer.engine.phases import PHASES, PhaseTimer, phase, phase_ranges, timing_phases
+from trainer.engine.precision import LossScaler, Precision, autocast
+from trainer.engine.settings import EngineSettings, resolve_engine
+from trainer.engine.step_metrics import host_scalars
+from trainer.engine.streams import ExpertStreams, draw_update_seed, independent_rng
+
+__all__ = ["PHASES", "Engine", "EngineSettings", "ExpertStreams", "LossScaler", "PhaseTimer", "Precision",
+           "apply_backend_policy", "autocast", "backend_state", "draw_update_seed", "host_scalars",
+           "independent_rng", "phase", "phase_ranges", "resolve_engine", "restore_backend_state", "timing_phases"]

@@ -1,0 +1,89 @@
+"""One method's engine: the resolved settings and the objects built from them, in the order a method uses them.
+
+A method builds its `Engine` first (`Engine(cfg, device)`), then:
+1. `place(module)`: memory format (channels_last) of a freshly built network, BEFORE its FlatArena is built
+   (the arena keeps each tensor's own memory order) and before deep copies are made of it;
+2. `optimizer(params, optim_cfg)`: SGD by `engine.optimizer_impl`, capturable under CUDA graphs;
+3. `compiled(module)`: what the attack and training forwards call (torch.compile'd under `engine.compile`);
+4. `train_attack(attack_cfg)`: the training PGD (graph-safe under CUDA graphs; zero-gradient diagnostic);
+5. per step: `prepare(x)` (memory format of the batch), `autocast()`, a `LossScaler` per optimiser,
+   `ExpertStreams` (Generalist), `graphed(step, optimizers)` (CUDA graphs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+
+import torch
+from torch import nn
+
+from trainer.attacks import PGD, build_train_attack
+from trainer.config import AttackConfig, OptimConfig, RunConfig
+from trainer.distributed import is_distributed
+from trainer.engine.compile import compile_module
+from trainer.engine.cuda_graphs import GraphedStep, GraphSafePGD, StepFn
+from trainer.engine.precision import LossScaler, Precision
+from trainer.engine.settings import EngineSettings, resolve_engine
+from trainer.engine.streams import ExpertStreams
+from trainer.optim import build_sgd
+
+
+class Engine:
+    """The engine of one method on one device; see the module docstring for the order of use."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device, *, settings: EngineSettings | None = None):
+        self.settings = settings or resolve_engine(cfg, device, distributed=is_distributed())
+        self.device = device
+        s = self.settings
+        self.precision = Precision(s.precision, s.eval_precision, device, graph_safe=s.cuda_graphs)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.settings.channels_last else torch.contiguous_format
+
+    def place(self, module: nn.Module) -> nn.Module:
+        """The module in the engine's memory format (in place; 4-D weights only, the rest is unaffected)."""
+        if self.settings.channels_last:
+            module.to(memory_format=torch.channels_last)
+        return module
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """A 4-D batch in the engine's memory format (a no-op when it already is)."""
+        if self.settings.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def optimizer(self, params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+        return build_sgd(params, cfg, self.device, impl=self.settings.optimizer_impl,
+                         capturable=self.settings.cuda_graphs)
+
+    def compiled(self, module: nn.Module) -> nn.Module:
+        return compile_module(module, self.settings.compile)
+
+    def train_attack(self, cfg: AttackConfig) -> PGD:
+        """The training-time PGD (its randomness from the global generators, which checkpoints capture)."""
+        if self.settings.cuda_graphs:
+            attack = GraphSafePGD(cfg.eps, cfg.step, cfg.steps, norm=cfg.norm, random_start=cfg.random_start)
+        else:
+            attack = build_train_attack(cfg)
+        attack.zero_grad_every_step = self.settings.attack_zero_grad_every_step
+        return attack
+
+    def autocast(self) -> AbstractContextManager:
+        return self.precision.autocast()
+
+    def eval_autocast(self) -> AbstractContextManager:
+        return self.precision.eval_autocast()
+
+    def loss_scaler(self) -> LossScaler:
+        return self.precision.loss_scaler()
+
+    def expert_streams(self) -> ExpertStreams:
+        return ExpertStreams(self.device, self.settings.two_streams)
+
+    def graphed(self, step: StepFn, optimizers: list[torch.optim.Optimizer]) -> GraphedStep | None:
+        """`step` wrapped for CUDA graph capture, or None when engine.cuda_graphs is off."""
+        if not self.settings.cuda_graphs:
+            return None
+        return GraphedStep(step, optimizers, self.device, self.settings.cuda_graph_warmup_steps)

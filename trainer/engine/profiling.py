@@ -1,0 +1,116 @@
+"""`python -m trainer profile`: a torch.profiler trace of N training iterations, with one range per phase.
+
+The run is built exactly as `train` builds it (seed, data splits, method, engine, cuDNN/TF32 policy, loader
+backend), then a few warm-up iterations run unrecorded (cuDNN autotuning, torch.compile, the CUDA graph
+capture) and N iterations are recorded. Every phase of an iteration (PHASES: data, attack, robust_update,
+natural_update, averaging) is a `record_function` range, and an NVTX range on CUDA, so that the attack's
+kernels can be told apart from the updates' in the Chrome trace (chrome://tracing, Perfetto) or in Nsight
+Systems. Nothing is written but the trace: no run folder, no checkpoint.
+
+Prints the top operators / kernels by self time (device time on CUDA, CPU time otherwise) and the time
+spent in each phase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from trainer.config import RunConfig
+from trainer.data import augmentation_defaults, build_train_loader
+from trainer.engine.backends import apply_backend_policy
+from trainer.engine.phases import PHASES, phase, phase_ranges
+from trainer.errors import ConfigError
+from trainer.runtime import configure_threads, seed_everything
+from trainer.session import Session, open_session
+
+
+def endless_batches(loader, device: torch.device, first_epoch: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches, epoch after epoch, moved to `device` (a no-op for device-resident loaders)."""
+    epoch = first_epoch
+    while True:
+        for x, y in loader.batches(epoch):
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        epoch += 1
+
+
+def training_loader(session: Session):
+    """The shuffled, augmented training loader `train` would build for this session (one process)."""
+    cfg = session.cfg
+    pad_default, flip_default = augmentation_defaults(cfg.data.dataset, session.splits.train.image_size)
+    padding = pad_default if cfg.data.crop_padding is None else cfg.data.crop_padding
+    flip = flip_default if cfg.data.flip is None else cfg.data.flip
+    loader = build_train_loader(cfg.data, session.splits.train, device=session.device, seed=cfg.train.seed,
+                                padding=padding, flip=flip)
+    if len(loader) == 0:
+        raise ConfigError(f"config field 'data.batch_size' = {cfg.data.batch_size}: larger than the "
+                          f"{len(session.splits.train)} training images (drop_last leaves no batch)")
+    return loader
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def profile_training(cfg: RunConfig, *, steps: int = 5, warmup: int | None = None, out: str | Path = "trace.json",
+                     top_k: int = 20) -> dict:
+    """Record `steps` training iterations after `warmup` unrecorded ones; write the Chrome trace to `out`.
+
+    warmup None: 2, or enough to get past the CUDA graph capture (engine.cuda_graph_warmup_steps + 1).
+    Returns {"trace", "steps", "sort_by", "top": [{name, self_ms, calls}], "phases_ms": {phase: ms}}.
+    """
+    if steps < 1:
+        raise ConfigError(f"profile: --steps {steps}, expected an integer >= 1")
+    configure_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    session = open_session(cfg)
+    method, device = session.method, session.device
+    settings = method.engine.settings
+    apply_backend_policy(settings)
+    print(settings.describe())
+    if warmup is None:
+        warmup = settings.cuda_graph_warmup_steps + 1 if settings.cuda_graphs else 2
+    if warmup < 0:
+        raise ConfigError(f"profile: --warmup {warmup}, expected an integer >= 0")
+    method.start_epoch(1)
+    batches = endless_batches(training_loader(session), device)
+
+    def iteration() -> None:
+        with phase("data"):
+            x, y = next(batches)
+        method.train_step(x, y)
+
+    for _ in range(warmup):
+        iteration()
+    _synchronize(device)
+
+    cuda = device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with phase_ranges(), torch.profiler.profile(activities=activities) as prof:
+        for i in range(steps):
+            with torch.profiler.record_function(f"iteration {i}"):
+                iteration()
+        _synchronize(device)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(out))
+
+    sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
+    averages = prof.key_averages()
+    print(averages.table(sort_by=sort_by, row_limit=top_k))
+    ranked = sorted((e for e in averages if e.key not in PHASES and not e.key.startswith("iteration ")),
+                    key=lambda e: getattr(e, sort_by), reverse=True)[:top_k]
+    top = [{"name": e.key, "self_ms": getattr(e, sort_by) / 1e3, "calls": e.count} for e in ranked]
+    # Phase totals: CPU-side wall time of each range, nested phases included (robust_update holds attack);
+    # on CUDA that is what the host spent issuing the phase, the device time is in the trace.
+    phases_ms = {e.key: e.cpu_time_total / 1e3 for e in averages if e.key in PHASES}
+    shown = ", ".join(f"{k} {v:.1f}" for k, v in sorted(phases_ms.items(), key=lambda kv: -kv[1]))
+    print(f"time per phase over {steps} iterations (host wall ms, nested phases included): {shown}")
+    print(f"trace: {out}")
+    return {"trace": str(out), "steps": steps, "warmup": warmup, "sort_by": sort_by, "top": top,
+            "phases_ms": phases_ms}
