@@ -1,0 +1,143 @@
+"""The resumable AutoAttack driver: same flags as one uninterrupted official run, resume, refusal, RNG,
+and two ranks sharing the work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("pyautoattack")
+
+from tests.eval.aa_shard_worker import EPS, SETTINGS, shorten, tiny_problem  # noqa: E402
+from trainer.errors import CheckpointError  # noqa: E402
+from trainer.eval import autoattack_adapter, autoattack_resumable  # noqa: E402
+from trainer.eval.autoattack_adapter import run_autoattack  # noqa: E402
+from trainer.eval.autoattack_resumable import autoattack_robust  # noqa: E402
+
+BATCH = SETTINGS["batch_size"]
+
+
+@pytest.fixture(autouse=True)
+def short_attacks(monkeypatch):
+    """The official attacks with fewer iterations: the schedule, not the attack strength, is under test.
+
+    Both the one-shot reference and the resumable driver build their attacks through this same factory.
+    """
+    real_build = autoattack_adapter.build_autoattack
+
+    def build_short(*args, **kwargs):
+        return shorten(real_build(*args, **kwargs))
+
+    monkeypatch.setattr(autoattack_adapter, "build_autoattack", build_short)
+    monkeypatch.setattr(autoattack_resumable, "build_autoattack", build_short)
+
+
+@pytest.fixture
+def reference(short_attacks):
+    model, x, y = tiny_problem()
+    x_adv = run_autoattack(model, x, y, eps=EPS, norm="linf", batch_size=BATCH, seed=0)
+    with torch.no_grad():
+        return model(x_adv).argmax(1).eq(y)
+
+
+def test_matches_one_uninterrupted_official_run(reference):
+    model, x, y = tiny_problem()
+    result = autoattack_robust(model, x, y, **SETTINGS)
+    assert torch.equal(result.robust, reference)
+    assert not result.robust[:3].any()
+    assert 0 < int(result.robust.sum()) < int(reference.numel())  # the problem really exercises the attacks
+    assert set(result.stage_accuracy) == {"clean", "apgd-ce", "apgd-t", "fab-t", "square"}
+    assert result.stage_accuracy["square"] == pytest.approx(float(reference.float().mean()))
+
+
+def test_interrupted_run_resumes_to_the_same_flags(tmp_path, monkeypatch, reference):
+    model, x, y = tiny_problem()
+    state_file = tmp_path / "aa_state.json"
+    real_unit = autoattack_resumable._attack_unit
+    calls = {"n": 0}
+
+    def dying_unit(*args):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # the run is stopped in the middle of its work
+        return real_unit(*args)
+
+    monkeypatch.setattr(autoattack_resumable, "_attack_unit", dying_unit)
+    with pytest.raises(KeyboardInterrupt):
+        autoattack_robust(model, x, y, state_path=state_file, **SETTINGS)
+    saved = json.loads(state_file.read_text())
+    assert len(saved["units_done"]) + saved["attack_index"] > 0  # progress was kept
+
+    monkeypatch.setattr(autoattack_resumable, "_attack_unit", real_unit)
+    counted = {"n": 0}
+
+    def counting_unit(*args):
+        counted["n"] += 1
+        return real_unit(*args)
+
+    monkeypatch.setattr(autoattack_resumable, "_attack_unit", counting_unit)
+    result = autoattack_robust(model, x, y, state_path=state_file, **SETTINGS)
+    assert result.resumed
+    assert torch.equal(result.robust, reference)
+    uninterrupted = {"n": 0}
+
+    def counting_fresh(*args):
+        uninterrupted["n"] += 1
+        return real_unit(*args)
+
+    monkeypatch.setattr(autoattack_resumable, "_attack_unit", counting_fresh)
+    autoattack_robust(model, x, y, **SETTINGS)
+    assert counted["n"] == uninterrupted["n"] - 3  # the three finished units were not redone
+
+    # A finished state answers again without attacking.
+    monkeypatch.setattr(autoattack_resumable, "_attack_unit", dying_unit)
+    calls["n"] = -100
+    assert torch.equal(autoattack_robust(model, x, y, state_path=state_file, **SETTINGS).robust, reference)
+    assert calls["n"] == -100
+
+
+def test_state_of_another_evaluation_is_refused_not_discarded(tmp_path):
+    model, x, y = tiny_problem(8)
+    state_file = tmp_path / "aa_state.json"
+    autoattack_robust(model, x, y, state_path=state_file, **SETTINGS)
+    before = state_file.read_text()
+    with pytest.raises(CheckpointError, match="eps"):
+        autoattack_robust(model, x, y, state_path=state_file, **{**SETTINGS, "eps": 0.1})
+    with torch.no_grad():
+        model[1].weight.mul_(2.0)
+    with pytest.raises(CheckpointError, match="model_sha256"):
+        autoattack_robust(model, x, y, state_path=state_file, **SETTINGS)
+    assert state_file.read_text() == before
+
+
+def test_unreadable_state_names_the_file(tmp_path):
+    model, x, y = tiny_problem(8)
+    state_file = tmp_path / "aa_state.json"
+    state_file.write_text("{not json")
+    with pytest.raises(CheckpointError, match="aa_state.json"):
+        autoattack_robust(model, x, y, state_path=state_file, **SETTINGS)
+
+
+def test_global_rng_untouched():
+    model, x, y = tiny_problem(8)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    autoattack_robust(model, x, y, **SETTINGS)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_two_ranks_share_the_work_and_agree(tmp_path, reference):
+    """Under a 2-process gloo group each rank attacks every other unit; merged flags equal one process."""
+    import torch.multiprocessing as mp
+
+    from tests.eval.aa_shard_worker import sharded_run
+
+    mp.spawn(sharded_run, args=(2, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for saved in ranks:
+        assert torch.equal(saved["robust"], reference)
+    assert ranks[0]["stages"] == ranks[1]["stages"]
+    states = [json.loads((tmp_path / f"state.json.rank{r}").read_text()) for r in range(2)]
+    assert all(st["attack_index"] == len(st["attacks"]) for st in states)
