@@ -3,14 +3,15 @@
 # same model, data, epochs and lr. Each trained model is evaluated with clean / PGD-20 / CW-20 on the
 # first N test points (eval_n<N>.json) and with AutoAttack standard on the first AA_N (eval_aa<AA_N>.json);
 # for Generalist all three models (global, robust, natural), AutoAttack on the global model.
-# Two lanes, one thread each, fill the 2 cores. On this CPU AutoAttack's Square stage alone runs
-# ~2 iterations/s of its 5000 per batch on a robust small CNN, so AA_N=1000 takes hours per model.
+# Two lanes, one thread each, fill the 2 cores. AutoAttack is the long part on a CPU: on 1000 points
+# it took 30 min (natural) to over an hour (robust models) per model here. Every step is skipped when its
+# output exists (DONE marker, eval JSON) and AutoAttack keeps a state file, so after a stop just re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/table}
 N=${N:-1000}
-AA_N=${AA_N:-200}
+AA_N=${AA_N:-1000}
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1
 
@@ -21,10 +22,11 @@ train() {  # skip methods already trained (DONE marker) so the script can be re-
 
 evaluate() {
   local method=$1 aa_models=$2
-  $PY -m trainer eval "$OUT/$method" --out "$OUT/$method/eval_n$N.json" eval.num_points="$N" \
-    "eval.attacks=[clean, pgd, cw]" >> "$OUT/$method.eval.log" 2>&1
-  $PY -m trainer eval "$OUT/$method" --out "$OUT/$method/eval_aa$AA_N.json" eval.num_points="$AA_N" \
-    "eval.attacks=[clean, autoattack]" "eval.models=$aa_models" >> "$OUT/$method.eval.log" 2>&1
+  [ -f "$OUT/$method/eval_n$N.json" ] || $PY -m trainer eval "$OUT/$method" --out "$OUT/$method/eval_n$N.json" \
+    eval.num_points="$N" "eval.attacks=[clean, pgd, cw]" >> "$OUT/$method.eval.log" 2>&1
+  [ -f "$OUT/$method/eval_aa$AA_N.json" ] || $PY -m trainer eval "$OUT/$method" \
+    --out "$OUT/$method/eval_aa$AA_N.json" eval.num_points="$AA_N" "eval.attacks=[clean, autoattack]" \
+    "eval.models=$aa_models" >> "$OUT/$method.eval.log" 2>&1
 }
 
 lane() {

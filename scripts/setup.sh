@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine: the Fashion-MNIST package, a virtual environment in .venv with
-# torch, the project (editable) and its dev + eval extras (pytest, triton, pyautoattack, ...).
+# torch, the project (editable) and its dev + eval + dali extras (pytest, hypothesis, triton, pyautoattack,
+# matplotlib, nvidia-dali-cuda130 whose CPU-only pipelines the tests run).
 # TORCH_SPEC picks the torch build: the default 2.13.0 is the local CPU wheel on the project's CPU
 # machines; on a GPU machine use e.g. TORCH_SPEC=torch (the CUDA build from PyPI).
 set -euo pipefail
@@ -25,9 +26,9 @@ fi
 # Re-install only when the dependency list or the torch choice changed.
 stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)-$(echo "$TORCH_SPEC" | sha256sum | cut -c1-8)"
 if [ ! -f "$stamp" ]; then
-  echo "setup: installing $TORCH_SPEC and the project with its dev and eval extras (a few minutes)"
+  echo "setup: installing $TORCH_SPEC and the project with its dev, eval and dali extras (a few minutes)"
   .venv/bin/python -m pip install -q "$TORCH_SPEC"
-  .venv/bin/python -m pip install -q -e ".[dev,eval]"
+  .venv/bin/python -m pip install -q -e ".[dev,eval,dali]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -1,9 +1,15 @@
-"""Command line: `python -m trainer train | eval | export`.
+"""Command line: `python -m trainer train | eval | export | sweep | lipschitz | separation | report`.
 
     python -m trainer train --config configs/fashion_mnist_generalist.yaml train.epochs=3 attack.eps=0.1
     python -m trainer train --resume runs/fmnist_generalist          # continue exactly where it stopped
     python -m trainer eval runs/fmnist_generalist --which best eval.num_points=1000
+    python -m trainer eval runs/fmnist_generalist --split train eval.num_points=1000   # train-test gaps
     python -m trainer export runs/fmnist_generalist --out exported/
+    python -m trainer sweep runs/fmnist_generalist --num-points 500      # PGD accuracy against eps
+    python -m trainer lipschitz runs/fmnist_generalist --split both --num-points 1000
+    python -m trainer separation --dataset fashion-mnist --eps 0.1       # whole dataset, GPU when present
+    python -m trainer report runs/table/* --out reports/table.md
+    python -m trainer profile --config configs/fashion_mnist_generalist.yaml --steps 5 --out trace.json
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from trainer.checkpoint import LAST, load_checkpoint
+from trainer.checkpoint import LAST, load_checkpoint, load_newest_valid
 from trainer.config import (
+    DATA_BACKENDS,
     EvalConfig,
     RunConfig,
     apply_overrides,
@@ -29,13 +36,16 @@ from trainer.errors import ConfigError, TrainerError
 
 def _resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
     """The checkpoint's own config; only train.* (not seed) and eval.* may change on resume."""
-    state = load_checkpoint(run_dir / LAST)
+    # Read-only: the newest checkpoint that verifies (train() itself sets a damaged one aside).
+    state, _ = load_newest_valid(run_dir / LAST)
     for item in overrides:
         key = item.split("=", 1)[0].strip()
-        allowed = key.startswith(("train.", "eval.")) or key == "data.data_dir"
+        # The data backends yield the same batches for a seed, so the loader may change on resume.
+        allowed = key.startswith(("train.", "eval.")) or key in ("data.data_dir", "data.backend", "data.num_workers")
         if not allowed or key in ("train.seed", "train.out_dir"):
             raise ConfigError(f"override {item!r}: a resumed run keeps its config; only train.* "
-                              f"(except seed and out_dir), eval.* and data.data_dir may change")
+                              "(except seed and out_dir), eval.*, data.data_dir, data.backend and "
+                              "data.num_workers may change")
     data = apply_overrides(state["config"], overrides)
     data["train"]["out_dir"] = str(run_dir)
     return config_from_dict(data)
@@ -55,6 +65,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.data_dir:
         args.overrides = [*args.overrides, f"data.data_dir={args.data_dir}"]
+    if args.data_backend:
+        args.overrides = [*args.overrides, f"data.backend={args.data_backend}"]
     if args.resume:
         cfg = _resume_config(Path(args.resume), args.overrides)
     else:
@@ -76,8 +88,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     state = load_checkpoint(resolve_checkpoint(args.run, args.which))
     base = from_dict(EvalConfig, state["config"]["eval"], prefix="eval.")
     report = evaluate_checkpoint(args.run, which=args.which, eval_cfg=_eval_overrides(args.overrides, base),
-                                 device=args.device, out=Path(args.out) if args.out else None)
+                                 device=args.device, out=Path(args.out) if args.out else None, split=args.split)
     print(results_table(report))
+    fired = sorted({f["check"] for findings in report["sanity"].values() for f in findings})
+    print(f"sanity checks: {', '.join(fired) + ' fired (see the warnings above)' if fired else 'nothing fired'}")
     print(f"results: {report['written_to']}")
     return 0
 
@@ -87,6 +101,69 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     weights = export_checkpoint(args.run, Path(args.out), which=args.which)
     print(f"exported {weights} and {weights.parent / 'config.json'}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from trainer.analysis.run_analysis import sweep_checkpoint
+
+    report = sweep_checkpoint(args.run, which=args.which, eps_values=args.eps, num_points=args.num_points,
+                              steps=args.steps, seed=args.seed, models=args.models, device=args.device,
+                              out=Path(args.out) if args.out else None)
+    for name, res in report["models"].items():
+        curve = "  ".join(f"{p['eps']:.4g}: {100 * p['accuracy']:.2f}" for p in res["curve"])
+        print(f"{name}: clean {100 * res['clean']:.2f}  {res['attack']} accuracy % at eps  {curve}  "
+              f"({len(res['sanity'])} sanity warning(s))")
+    print(f"results: {report['written_to']}")
+    return 0
+
+
+def cmd_lipschitz(args: argparse.Namespace) -> int:
+    from trainer.analysis.run_analysis import lipschitz_checkpoint
+
+    splits = ["train", "test"] if args.split == "both" else [args.split]
+    report = lipschitz_checkpoint(args.run, which=args.which, splits=splits, num_points=args.num_points,
+                                  variant=args.variant, eps=args.eps, batch_size=args.batch_size, seed=args.seed,
+                                  models=args.models, device=args.device, out=Path(args.out) if args.out else None,
+                                  progress=print)
+    for name, by_split in report["models"].items():
+        values = "  ".join(f"{s} {v['mean']:.4g} ({v['num_points']} points)" for s, v in by_split.items())
+        print(f"{name}: local Lipschitz ({report['variant']}, eps {report['eps']:.4g})  {values}")
+    print(f"results: {report['written_to']}")
+    return 0
+
+
+def cmd_separation(args: argparse.Namespace) -> int:
+    from trainer.analysis.run_analysis import dataset_separation
+
+    report = dataset_separation(args.dataset, data_dir=args.data_dir, eps_values=args.eps, device=args.device,
+                                budget_bytes=None if args.memory_mb is None else int(args.memory_mb * 2**20),
+                                train_points=args.train_points, test_points=args.test_points,
+                                out=Path(args.out) if args.out else None)
+    for direction in ("train_train", "test_train"):
+        s = report[direction]
+        verdict = ", ".join(f"{'' if v['separated'] else 'not '}2x{v['eps']:.4g}-separated"
+                            for v in s["two_eps_separated"])
+        print(f"{direction}: min {s['min_distance']:.4f}  mean {s['mean_distance']:.4f}  over {s['num_points']} "
+              f"points, {s['conflicting_duplicates']} conflicting duplicate(s) dropped  {verdict}")
+    print(f"results: {report['written_to']} ({report['seconds']} s on {report['device']})")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from trainer.analysis.report import write_report
+
+    out = write_report(args.runs, Path(args.out), separation_files=args.separation or (),
+                       sweep_points=args.sweep_points)
+    print(f"report: {out} (figures in {out.parent / (out.stem + '_figures')})")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from trainer.engine.profiling import profile_training
+
+    profile_training(load_config(args.config, args.overrides), steps=args.steps, warmup=args.warmup, out=args.out,
+                     top_k=args.top)
     return 0
 
 
@@ -101,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the final test-set evaluation")
     p.add_argument("--print-config", action="store_true", help="print the resolved config first")
     p.add_argument("--data-dir", help="dataset folder (same as data.data_dir=PATH)")
+    p.add_argument("--data-backend", choices=DATA_BACKENDS,
+                   help="training loader (same as data.backend=NAME): auto picks gpu when CUDA and the dataset "
+                        "fits on it, else cpu; dali needs the 'dali' extra")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 attack.eps=0.1")
     p.set_defaults(func=cmd_train)
 
@@ -108,7 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder or checkpoint file")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run folder")
     p.add_argument("--device", help="override the device (cpu, cuda, cuda:N)")
-    p.add_argument("--out", help="JSON output path (default: RUN/eval_<checkpoint>.json)")
+    p.add_argument("--out", help="JSON output path (default: RUN/eval_<checkpoint>.json; for --split train "
+                   "RUN/train_eval_<checkpoint>.json)")
+    p.add_argument("--split", default="test", choices=["test", "train"],
+                   help="points to attack: the test set, or the run's own training images without augmentation "
+                        "(for generalisation gaps)")
     p.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.num_points=200")
     p.set_defaults(func=cmd_eval)
 
@@ -117,6 +201,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--which", default="best", choices=["best", "last"])
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("sweep", help="PGD accuracy against eps (0 included) with sanity checks, as JSON")
+    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run folder")
+    p.add_argument("--eps", type=float, nargs="+", help="radii (pixel space; 0 is always added); "
+                   "default 0, 1/4, 1/2, 1, 3/2, 2 x the run's attack.eps")
+    p.add_argument("--num-points", type=int, default=1000, help="first N test points")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps (step = 2.5 eps / steps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models", nargs="+", help="which of the method's models (default: all)")
+    p.add_argument("--device", help="override the device (cpu, cuda, cuda:N)")
+    p.add_argument("--out", help="JSON output path (default: RUN/sweep_<checkpoint>.json)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("lipschitz", help="empirical local Lipschitz constant (spec/lipschitz.md), as JSON")
+    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run folder")
+    p.add_argument("--split", default="both", choices=["train", "test", "both"])
+    p.add_argument("--num-points", type=int, default=1000, help="first N points of each split")
+    p.add_argument("--variant", default="ascent", choices=["ascent", "authors_descent"],
+                   help="ascent: the definition, best iterate kept; authors_descent: the released code, "
+                        "which steps down the ratio (reproduces published numbers)")
+    p.add_argument("--eps", type=float, help="ball radius (default: 0.1 MNIST-like, 0.031 CIFAR/SVHN, "
+                   "else the run's attack.eps)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="seed of the start noise")
+    p.add_argument("--models", nargs="+", help="which of the method's models (default: all)")
+    p.add_argument("--device", help="override the device (cpu, cuda, cuda:N)")
+    p.add_argument("--out", help="JSON output path (default: RUN/lipschitz_<checkpoint>.json)")
+    p.set_defaults(func=cmd_lipschitz)
+
+    p = sub.add_parser("separation", help="Linf separation of a dataset: nearest differently labelled point")
+    p.add_argument("--dataset", default="fashion-mnist", help="dataset name (as data.dataset)")
+    p.add_argument("--data-dir", help="dataset folder (as data.data_dir)")
+    p.add_argument("--eps", type=float, nargs="+", help="radii for the 2 eps verdict (default: the spec's for "
+                   "the dataset)")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
+    p.add_argument("--memory-mb", type=float, help="working-memory budget of one block (default: 1024 MiB on "
+                   "the CPU, half the free GPU memory)")
+    p.add_argument("--train-points", type=int, help="only the first N training images (quick look)")
+    p.add_argument("--test-points", type=int, help="only the first N test images (quick look)")
+    p.add_argument("--out", help="JSON output path (default: separation_<dataset>.json)")
+    p.set_defaults(func=cmd_separation)
+
+    p = sub.add_parser("report", help="markdown report with PNG plots over one or more runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
+    p.add_argument("--out", required=True, help="markdown file (figures go to <stem>_figures/ beside it)")
+    p.add_argument("--separation", nargs="+", metavar="JSON", help="separation results to include")
+    p.add_argument("--sweep-points", type=int, default=0,
+                   help="first run `sweep` on N test points for runs without a sweep file (default 0: no)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("profile", help="torch.profiler trace (Chrome JSON) of N training iterations, ranges per "
+                                       "phase (data, attack, robust_update, natural_update, averaging)")
+    p.add_argument("--config", help="YAML preset (configs/*.yaml); defaults apply to fields it omits")
+    p.add_argument("--steps", type=int, default=5, help="recorded iterations (default 5)")
+    p.add_argument("--warmup", type=int, help="unrecorded iterations first (default 2, or past the CUDA graph "
+                                              "capture under engine.cuda_graphs)")
+    p.add_argument("--out", default="trace.json", help="Chrome trace output path (default trace.json)")
+    p.add_argument("--top", type=int, default=20, help="operators / kernels to print, by self time (default 20)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.batch_size=128 engine.two_streams=false")
+    p.set_defaults(func=cmd_profile)
     return parser
 
 
@@ -130,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if hasattr(args, "overrides"):
         args.overrides = [*args.overrides, *extra]
+    elif extra:  # commands without dotted overrides must not drop them silently
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except TrainerError as exc:

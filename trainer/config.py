@@ -21,10 +21,27 @@ import yaml
 from trainer.errors import ConfigError
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "synthetic")
+# Training loaders (trainer/data/backends.py); auto: gpu-resident when CUDA and the dataset fits, else cpu.
+DATA_BACKENDS = ("auto", "cpu", "gpu", "dali", "torch")
 ARCHS = ("small_cnn", "preact_resnet18", "resnet18", "wrn")
-METHODS = ("natural", "pgd_at", "trades", "generalist")
+METHODS = ("natural", "pgd_at", "trades", "rst", "generalist")
 NORMS = ("linf", "l2")
-EVAL_ATTACKS = ("clean", "pgd", "cw", "autoattack")
+# pgd_lse: PGD on the logsumexp-fold of a DUCAT head (the adaptive attack, trainer/eval/class_fold.py).
+# Process-group backends of a torchrun launch (train.dist_backend).
+DIST_BACKENDS = ("auto", "nccl", "gloo")
+EVAL_ATTACKS = ("clean", "pgd", "cw", "autoattack", "pgd_lse")
+# Methods the DUCAT plug-in wraps (natural training has no adversarial examples for the dummy classes).
+DUCAT_METHODS = ("pgd_at", "trades", "generalist")
+DUCAT_NATURAL_TARGETS = ("two_hot", "hard")
+# AutoAttack versions whose attack list and settings pyautoattack fixes ("custom" needs a list we do not expose).
+AUTOATTACK_VERSIONS = ("standard", "plus", "rand")
+# Training precision (trainer/engine/precision.py); auto: bf16 autocast on CUDA, fp32 on the CPU.
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+EVAL_PRECISIONS = ("fp32", "bf16", "fp16")
+# Optimiser implementation (trainer/optim.py): torch's SGD (fused on CUDA) or apex's FusedSGD.
+OPTIMIZER_IMPLS = ("torch", "apex")
+# Methods whose training step can be captured as one CUDA graph (trainer/engine/cuda_graphs.py).
+CUDA_GRAPH_METHODS = ("natural", "pgd_at", "generalist")
 
 
 @dataclass(frozen=True)
@@ -47,6 +64,10 @@ class DataConfig:
     synthetic_test_size: int = 1024
     synthetic_shape: tuple[int, int, int] = (3, 32, 32)
     synthetic_classes: int = 10
+    # Training loader: auto | cpu | gpu (dataset resident on the device) | dali | torch (DataLoader workers).
+    backend: str = "auto"
+    # Worker processes of the torch backend, CPU threads of the dali backend (at least 1).
+    num_workers: int = 4
 
 
 @dataclass(frozen=True)
@@ -119,10 +140,32 @@ class GeneralistConfig:
 
 
 @dataclass(frozen=True)
+class DucatConfig:
+    """DUCAT dummy classes (Y. Wang et al., arXiv 2410.12671; spec/ducat.md): a 2C-logit head and soft
+    two-hot targets, plugged into pgd_at, trades or Generalist's robust expert."""
+
+    enabled: bool = False
+    # The DUCAT loss is active in 1-based epochs e >= ceil(start * E); before that the 2C head trains
+    # with the base method's hard labels. 105/130: the authors' epochs 105-130 of 130.
+    start: float = 105 / 130
+    # Targets of the joint forward of [x; x_adv]: clean x -> clean_true_weight on y and clean_dummy_weight
+    # on y + C; x_adv -> adv_dummy_weight on y + C (the authors' w_alpha, 1 by default).
+    clean_true_weight: float = 0.75
+    clean_dummy_weight: float = 0.25
+    adv_dummy_weight: float = 1.0
+    # Generalist only, the natural expert's target while DUCAT is active: "two_hot" (the clean target
+    # above, as the robust expert's clean half) or "hard" (cross-entropy on y over the 2C logits).
+    natural_target: str = "two_hot"
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     name: str = "generalist"
     trades_beta: float = 6.0
+    # RST(beta) = CE(x) + beta CE(x_adv) (trainer/methods/rst.py); 1: clean and adversarial weigh the same.
+    rst_beta: float = 1.0
     generalist: GeneralistConfig = field(default_factory=GeneralistConfig)
+    ducat: DucatConfig = field(default_factory=DucatConfig)
 
 
 @dataclass(frozen=True)
@@ -133,6 +176,9 @@ class TrainConfig:
     out_dir: str = "runs/default"
     # Also write a checkpoint every this many steps (0: only at the end of each epoch).
     checkpoint_every_steps: int = 0
+    # Check every parameter and buffer for NaN/Inf every this many steps (0: only before each checkpoint,
+    # where it always happens); losses are checked every step. Why not every step: trainer/guards.py.
+    finite_check_every_steps: int = 100
     log_every_steps: int = 20
     # Stop after this many optimisation steps in total (None: run all epochs); for tests and smoke runs.
     max_steps: int | None = None
@@ -146,6 +192,11 @@ class TrainConfig:
     # torch.set_num_threads; 0 leaves torch's default.
     threads: int = 0
     progress: bool = True
+    # Under torchrun (trainer/distributed.py): the process-group backend, "auto" (NCCL on GPUs, gloo on
+    # the CPU), "nccl" or "gloo"; and how often (in steps; 0: only at epoch ends) the ranks compare an
+    # exact fingerprint of the shipped model to prove they still hold the same one.
+    dist_backend: str = "auto"
+    dist_check_every_steps: int = 1
 
 
 @dataclass(frozen=True)
@@ -159,9 +210,46 @@ class EvalConfig:
     # Step size as a multiple of eps / steps (2.5 is the usual choice: the attack can cross the ball).
     step_ratio: float = 2.5
     autoattack_version: str = "standard"
+    # Points per AutoAttack batch (one unit of resumable work); None: data.eval_batch_size.
+    autoattack_batch_size: int | None = None
+    # Keep an AutoAttack state file next to the results so an interrupted evaluation resumes.
+    autoattack_resume: bool = True
     seed: int = 0
     # Which of the method's models to evaluate (Generalist: global, robust, natural); empty: all of them.
     models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the training step runs on the device (trainer/engine/). A null field means auto, resolved against
+    the device and method when the method is built (trainer/engine/settings.py); an explicit request that
+    cannot be honoured there (two_streams or cuda_graphs on the CPU, say) is a ConfigError, never a silent
+    fallback."""
+
+    # auto | bf16 | fp16 | fp32 autocast of the training step; auto: bf16 on CUDA, fp32 on the CPU. fp16 adds a
+    # dynamic loss scaler per optimiser. Losses are computed in fp32 whatever this is.
+    precision: str = "auto"
+    # Autocast of validation (and evaluation) forwards: fp32 unless asked otherwise.
+    eval_precision: str = "fp32"
+    # Networks and batches in channels_last memory order; null: on for CUDA, off on the CPU.
+    channels_last: bool | None = None
+    # torch.backends.cudnn.benchmark; null: on for CUDA unless train.deterministic.
+    cudnn_benchmark: bool | None = None
+    # TF32 tensor cores for fp32 matmuls and convolutions on CUDA (explicit: no auto).
+    tf32: bool = True
+    # Generalist: the natural expert's step on a second CUDA stream, concurrent with the robust expert's
+    # attack; null: on for Generalist on CUDA in a single process.
+    two_streams: bool | None = None
+    # Capture the static-shape training step (attack + updates) as one CUDA graph; CUDA only.
+    cuda_graphs: bool = False
+    # Eager steps (on real batches) before the capture: cudnn autotuning, lazy optimiser state.
+    cuda_graph_warmup_steps: int = 3
+    # torch.compile of the networks' forwards (attack and training); checkpoints keep the plain modules.
+    compile: bool = False
+    # torch (SGD, fused on CUDA) or apex (apex.optimizers.FusedSGD; needs NVIDIA apex and CUDA).
+    optimizer_impl: str = "torch"
+    # PGD's fraction of exactly-zero input gradients: on the last step only (cheap) or averaged over all.
+    attack_zero_grad_every_step: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,6 +263,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,6 +291,24 @@ def _check_optim(o: OptimConfig, name: str) -> None:
     _check(o.weight_decay >= 0, f"{name}.weight_decay", o.weight_decay, "a value >= 0")
 
 
+def _check_ducat(me: MethodConfig) -> None:
+    du = me.ducat
+    _check(not du.enabled or me.name in DUCAT_METHODS, "method.ducat.enabled", du.enabled,
+           f"false with method.name {me.name!r}: DUCAT sends adversarial examples to dummy classes and plugs "
+           f"into {DUCAT_METHODS} only")
+    _check(math.isfinite(du.start) and 0.0 <= du.start <= 1.0, "method.ducat.start", du.start,
+           "a fraction of the run in [0, 1]")
+    for name in ("clean_true_weight", "clean_dummy_weight", "adv_dummy_weight"):
+        value = getattr(du, name)
+        _check(math.isfinite(value) and value >= 0, f"method.ducat.{name}", value, "a finite weight >= 0")
+    _check(du.clean_true_weight + du.clean_dummy_weight > 0, "method.ducat.clean_true_weight",
+           du.clean_true_weight, "clean_true_weight + clean_dummy_weight > 0 (clean inputs need a target)")
+    _check(du.adv_dummy_weight > 0, "method.ducat.adv_dummy_weight", du.adv_dummy_weight,
+           "a weight > 0 (0 would drop the adversarial half of the DUCAT loss)")
+    _check(du.natural_target in DUCAT_NATURAL_TARGETS, "method.ducat.natural_target", du.natural_target,
+           f"one of {DUCAT_NATURAL_TARGETS}")
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Raise ConfigError naming the first invalid field; return cfg unchanged otherwise."""
     d, m, a, me, t, e = cfg.data, cfg.model, cfg.attack, cfg.method, cfg.train, cfg.eval
@@ -215,6 +322,8 @@ def validate(cfg: RunConfig) -> RunConfig:
            "null or an integer >= 0")
     _check(len(d.synthetic_shape) == 3 and all(s > 0 for s in d.synthetic_shape),
            "data.synthetic_shape", d.synthetic_shape, "three positive integers (C, H, W)")
+    _check(d.backend in DATA_BACKENDS, "data.backend", d.backend, f"one of {DATA_BACKENDS}")
+    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "an integer >= 0")
     _check(m.arch in ARCHS, "model.arch", m.arch, f"one of {ARCHS}")
     _check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "a rate in [0, 1)")
     _check(m.depth >= 10 and (m.depth - 4) % 6 == 0, "model.depth", m.depth,
@@ -226,6 +335,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(a.steps >= 0, "attack.steps", a.steps, "an integer >= 0")
     _check(me.name in METHODS, "method.name", me.name, f"one of {METHODS}")
     _check(me.trades_beta >= 0, "method.trades_beta", me.trades_beta, "a value >= 0")
+    _check(math.isfinite(me.rst_beta) and me.rst_beta > 0, "method.rst_beta", me.rst_beta,
+           "a finite value > 0 (0 would be natural training that pays for the attack)")
     g = me.generalist
     _check(g.robust_objective in ("pgd_at", "trades"), "method.generalist.robust_objective",
            g.robust_objective, "'pgd_at' or 'trades'")
@@ -241,13 +352,19 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_optim(cfg.optim, "optim")
     _check_optim(g.robust_optim, "method.generalist.robust_optim")
     _check_optim(g.natural_optim, "method.generalist.natural_optim")
+    _check_ducat(me)
     _check(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
     _check(t.max_steps is None or t.max_steps >= 1, "train.max_steps", t.max_steps, "null or an integer >= 1")
     _check(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", t.checkpoint_every_steps,
            "an integer >= 0")
+    _check(t.finite_check_every_steps >= 0, "train.finite_check_every_steps", t.finite_check_every_steps,
+           "an integer >= 0")
     _check(t.val_points >= 0, "train.val_points", t.val_points, "an integer >= 0")
     _check(t.select_metric in ("pgd", "clean", "sum"), "train.select_metric", t.select_metric,
            "'pgd', 'clean' or 'sum'")
+    _check(t.dist_backend in DIST_BACKENDS, "train.dist_backend", t.dist_backend, f"one of {DIST_BACKENDS}")
+    _check(t.dist_check_every_steps >= 0, "train.dist_check_every_steps", t.dist_check_every_steps,
+           "an integer >= 0")
     _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
            t.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
     _check(e.num_points > 0, "eval.num_points", e.num_points, "an integer > 0")
@@ -256,7 +373,44 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(e.eps is None or (math.isfinite(e.eps) and e.eps >= 0), "eval.eps", e.eps, "null or a value >= 0")
     _check(e.pgd_steps >= 1, "eval.pgd_steps", e.pgd_steps, "an integer >= 1")
     _check(e.cw_steps >= 1, "eval.cw_steps", e.cw_steps, "an integer >= 1")
+    _check(e.autoattack_version in AUTOATTACK_VERSIONS, "eval.autoattack_version", e.autoattack_version,
+           f"one of {AUTOATTACK_VERSIONS}")
+    _check(e.autoattack_batch_size is None or e.autoattack_batch_size >= 1, "eval.autoattack_batch_size",
+           e.autoattack_batch_size, "null or an integer >= 1")
+    _check_engine(cfg)
     return cfg
+
+
+def _check_engine(cfg: RunConfig) -> None:
+    """What can be checked without the device; trainer/engine/settings.py checks the rest once it is known."""
+    en, me, t = cfg.engine, cfg.method, cfg.train
+    _check(en.precision in PRECISIONS, "engine.precision", en.precision, f"one of {PRECISIONS}")
+    _check(en.eval_precision in EVAL_PRECISIONS, "engine.eval_precision", en.eval_precision,
+           f"one of {EVAL_PRECISIONS}")
+    _check(en.optimizer_impl in OPTIMIZER_IMPLS, "engine.optimizer_impl", en.optimizer_impl,
+           f"one of {OPTIMIZER_IMPLS}")
+    _check(en.cuda_graph_warmup_steps >= 1, "engine.cuda_graph_warmup_steps", en.cuda_graph_warmup_steps,
+           "an integer >= 1 (the optimisers' state must exist before the capture)")
+    _check(not (en.cudnn_benchmark and t.deterministic), "engine.cudnn_benchmark", en.cudnn_benchmark,
+           "false or null with train.deterministic = true (benchmark mode picks algorithms by timing)")
+    _check(not (en.two_streams and me.name != "generalist"), "engine.two_streams", en.two_streams,
+           f"false or null with method.name {me.name!r}: only Generalist has two independent updates")
+    if en.cuda_graphs:
+        _check(t.device != "cpu", "engine.cuda_graphs", en.cuda_graphs, "false with train.device = 'cpu'")
+        _check(me.name in CUDA_GRAPH_METHODS, "engine.cuda_graphs", en.cuda_graphs,
+               f"false with method.name {me.name!r} (graphs capture {CUDA_GRAPH_METHODS} only)")
+        _check(not (me.name == "generalist" and me.generalist.robust_objective != "pgd_at"), "engine.cuda_graphs",
+               en.cuda_graphs, "false with method.generalist.robust_objective = 'trades' (not captured)")
+        _check(not me.ducat.enabled, "engine.cuda_graphs", en.cuda_graphs,
+               "false with method.ducat.enabled (its loss switches on mid-run and is not captured)")
+        _check(en.precision != "fp16", "engine.cuda_graphs", en.cuda_graphs,
+               "false with engine.precision = 'fp16' (the loss scaler reads its overflow flag on the host)")
+        _check(en.optimizer_impl == "torch", "engine.cuda_graphs", en.cuda_graphs,
+               "false with engine.optimizer_impl = 'apex' (FusedSGD takes the learning rate as a host float)")
+    if t.device == "cpu":
+        _check(not en.two_streams, "engine.two_streams", en.two_streams, "false or null with train.device = 'cpu'")
+        _check(en.optimizer_impl != "apex", "engine.optimizer_impl", en.optimizer_impl,
+               "'torch' with train.device = 'cpu' (apex's FusedSGD runs on CUDA only)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from trainer.checkpoint import atomic_write
+
 
 class MetricsLogger:
     """Appends to `epochs.csv` and `steps.jsonl` in the run folder; resuming keeps earlier rows.
 
-    The CSV header is fixed by the first row written; later rows must carry the same keys (a resumed
-    run writes the same keys, since it is the same method and config).
+    The CSV header is the union of the keys seen so far, in first-seen order; rows without a key leave
+    its cell empty.
     """
 
     def __init__(self, run_dir: Path):
@@ -26,16 +29,35 @@ class MetricsLogger:
             f.write(json.dumps(row) + "\n")
 
     def log_epoch(self, row: dict[str, Any]) -> None:
-        new = not self.epochs_path.exists() or self.epochs_path.stat().st_size == 0
-        if not new:
-            with self.epochs_path.open(newline="") as f:
-                header = next(csv.reader(f), [])
-            row = {k: row.get(k, "") for k in header}
-        with self.epochs_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
+        rows = self._epoch_rows()
+        header = list(dict.fromkeys([*(rows[0] if rows else {}), *row]))
+        if rows and len(header) > len(rows[0]):
+            # A metric that starts later in the run (e.g. DUCAT's after its activation epoch) widens the
+            # header: rewrite the file atomically with empty cells in the earlier rows.
+            self._rewrite_epochs([*rows, row], header)
+            return
+        # No rows yet (possibly a header left by a resumed run trimmed to nothing): start the file afresh.
+        with self.epochs_path.open("a" if rows else "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            if not rows:
                 writer.writeheader()
-            writer.writerow(row)
+            writer.writerow({k: row.get(k, "") for k in header})
+
+    def _epoch_rows(self) -> list[dict[str, Any]]:
+        if not self.epochs_path.exists() or self.epochs_path.stat().st_size == 0:
+            return []
+        with self.epochs_path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _rewrite_epochs(self, rows: list[dict[str, Any]], header: list[str]) -> None:
+        def write(f) -> None:
+            text = io.StringIO(newline="")
+            writer = csv.DictWriter(text, fieldnames=header)
+            writer.writeheader()
+            writer.writerows({k: r.get(k, "") for k in header} for r in rows)
+            f.write(text.getvalue().encode())
+
+        atomic_write(self.epochs_path, write)
 
     def truncate_after(self, epoch: int, step: int) -> None:
         """On resume, drop rows logged after the checkpoint (they will be logged again)."""

@@ -8,11 +8,18 @@ import random
 import numpy as np
 import torch
 
+from trainer.distributed import launch_env, process_device
 from trainer.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present; an explicit 'cuda' without a GPU is an error, not a silent CPU run."""
+    """'auto' picks CUDA when present; an explicit 'cuda' without a GPU is an error, not a silent CPU run.
+
+    Under torchrun (WORLD_SIZE > 1) each process takes the GPU of its LOCAL_RANK (`process_device`).
+    """
+    env = launch_env()
+    if env.distributed:
+        return process_device(name, env)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

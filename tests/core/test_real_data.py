@@ -15,7 +15,7 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 def test_pgd_at_is_more_robust_than_natural_training(tmp_path):
     common = ["data.dataset=fashion-mnist", "data.train_subset=4000", "data.val_size=1000", "data.batch_size=64",
               "model.arch=small_cnn", "attack.eps=0.1", "attack.step=0.04", "attack.steps=3",
-              "optim.lr.values=[0.05, 0.05, 0.05, 0.05]", "train.epochs=1", "train.val_points=200",
+              "optim.lr.values=[0.05, 0.05, 0.05, 0.05]", "train.epochs=2", "train.val_points=200",
               "train.val_pgd_steps=3", "train.progress=false", "eval.num_points=300",
               "eval.attacks=[clean, pgd]", "eval.pgd_steps=10"]
     acc = {}

@@ -106,3 +106,43 @@ def test_empty_dataset_and_bad_arguments():
         CpuLoader(empty, 0)
     with pytest.raises(ConfigError, match="start batch 5"):
         CpuLoader(_dataset(), 16, drop_last=True).batches(0, start=5)
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_ranks_split_every_global_batch_into_contiguous_slices(drop_last):
+    ds = _dataset(count=50)
+    make = lambda **kw: CpuLoader(ds, 16, shuffle=True, padding=2, flip=True, seed=3,  # noqa: E731
+                                  drop_last=drop_last, **kw)
+    whole = _epoch(make(), 2)
+    shards = [_epoch(make(rank=r, world_size=4), 2) for r in range(4)]
+    assert all(len(make(rank=r, world_size=4)) == len(make()) for r in range(4))  # same plan length everywhere
+    for k, (x, y) in enumerate(whole):
+        # Concatenated in rank order, the ranks' batch k is the global batch k, augmentation included.
+        torch.testing.assert_close(torch.cat([s[k][0] for s in shards]), x, rtol=0, atol=0)
+        torch.testing.assert_close(torch.cat([s[k][1] for s in shards]), y, rtol=0, atol=0)
+        for r in range(4):
+            torch.testing.assert_close(shards[r][k][1], y[r * 4:(r + 1) * 4], rtol=0, atol=0)
+    if not drop_last:  # the partial last batch of 2 rows: rank 0 gets both rows, the others none
+        assert [len(s[-1][1]) for s in shards] == [2, 0, 0, 0]
+
+
+def test_a_rank_resumes_at_any_batch_with_its_own_slices():
+    ds = _dataset(count=64)
+    make = lambda: CpuLoader(ds, 8, shuffle=True, padding=2, flip=True, seed=4, drop_last=True,  # noqa: E731
+                             rank=1, world_size=2)
+    full = _epoch(make(), 5)
+    tail = _epoch(make(), 5, start=3)
+    assert all(len(y) == 4 for _, y in full) and len(tail) == len(full) - 3
+    for (x, y), (x2, y2) in zip(full[3:], tail, strict=True):
+        torch.testing.assert_close(x, x2, rtol=0, atol=0)
+        torch.testing.assert_close(y, y2, rtol=0, atol=0)
+
+
+def test_sharding_arguments_are_checked():
+    ds = _dataset()
+    with pytest.raises(ConfigError, match=r"'data.batch_size' = 10: expected a multiple of the world size 4"):
+        CpuLoader(ds, 10, rank=0, world_size=4)
+    with pytest.raises(ConfigError, match="rank 2: expected 0..1"):
+        CpuLoader(ds, 8, rank=2, world_size=2)
+    with pytest.raises(ConfigError, match="world size 0"):
+        CpuLoader(ds, 8, rank=0, world_size=0)

@@ -3,6 +3,12 @@
 Everything random about epoch e (the shuffle order, every crop corner and flip) is drawn up front
 from a generator seeded with (seed, e) alone, indexed by position in the epoch. Batch k therefore
 does not depend on batches 0..k-1 having been produced, which is what exact resume relies on.
+
+Data-parallel sharding: `batch_size` is the GLOBAL batch B. With `world_size` W, rank r receives the
+contiguous slice [r B/W, (r+1) B/W) of every global batch, so every rank follows the same epoch plan,
+sees the same number of batches, and the ranks' batches concatenated in rank order are the global
+batch (augmentation included). A partial last global batch (drop_last=False) is cut the same way,
+so its later ranks may receive fewer rows, or none.
 """
 
 from __future__ import annotations
@@ -31,12 +37,21 @@ class EpochPlan:
 
 
 class CpuLoader:
-    """Batches (x, y): x float32 (B, C, H, W) in [0, 1], y int64 (B,). Never touches global RNG state."""
+    """Batches (x, y): x float32 (b, C, H, W) in [0, 1], y int64 (b,), b = B / world_size rows of each global
+    batch of B (fewer in a partial last batch). Never touches global RNG state."""
 
     def __init__(self, dataset: ArrayDataset, batch_size: int, *, shuffle: bool = False, padding: int = 0,
-                 flip: bool = False, seed: int = 0, drop_last: bool = False) -> None:
+                 flip: bool = False, seed: int = 0, drop_last: bool = False, rank: int = 0,
+                 world_size: int = 1) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch size {batch_size!r}: expected an integer >= 1")
+        if world_size < 1:
+            raise ConfigError(f"world size {world_size!r}: expected an integer >= 1")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank!r}: expected 0..{world_size - 1} (world size {world_size})")
+        if batch_size % world_size:
+            raise ConfigError(f"config field 'data.batch_size' = {batch_size!r}: expected a multiple of the "
+                              f"world size {world_size} (it is the global batch, split evenly over the ranks)")
         if padding < 0:
             raise ConfigError(f"crop padding {padding!r}: expected an integer >= 0")
         if seed < 0:
@@ -48,9 +63,12 @@ class CpuLoader:
         self.flip = flip
         self.seed = seed
         self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.local_batch_size = batch_size // world_size
 
     def __len__(self) -> int:
-        """Batches per epoch."""
+        """Batches per epoch (global batches: the same on every rank)."""
         full, rest = divmod(len(self.dataset), self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
@@ -78,8 +96,11 @@ class CpuLoader:
     def _iterate(self, plan: EpochPlan, start: int,
                  total: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         augment = self.padding > 0 or self.flip
+        count = len(self.dataset)
         for k in range(start, total):
-            span = slice(k * self.batch_size, min((k + 1) * self.batch_size, len(self.dataset)))
+            # This rank's rows of global batch k, clipped to the epoch's end.
+            first = k * self.batch_size + self.rank * self.local_batch_size
+            span = slice(min(first, count), min(first + self.local_batch_size, count))
             indices = plan.order[span]
             # (B, H, W, C) uint8 -> (B, C, H, W) view; augmenting uint8 moves a quarter of the bytes.
             images = torch.from_numpy(self.dataset.images[indices]).permute(0, 3, 1, 2)

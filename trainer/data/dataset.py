@@ -155,6 +155,9 @@ def load_splits(cfg: DataConfig, seed: int) -> DataSplits:
         raise ConfigError(f"config field 'train.seed' = {seed!r}: expected an integer >= 0")
     full_train = load_dataset(cfg, "train")
     test = load_dataset(cfg, "test")
+    if full_train.images.shape[1:] != test.images.shape[1:]:
+        raise DatasetError(f"dataset {cfg.dataset}: training images are {full_train.images.shape[1:]} (H, W, C), "
+                           f"test images {test.images.shape[1:]}; expected the same shape")
     if not 0 <= cfg.val_size < len(full_train):
         raise ConfigError(f"config field 'data.val_size' = {cfg.val_size!r}: expected 0 <= val_size < "
                           f"{len(full_train)} (the number of training images of {cfg.dataset})")

@@ -44,15 +44,19 @@ def load_svhn_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"{path}: y has shape {getattr(y, 'shape', '?')} for {count} images in X; "
                            f"expected ({count}, 1), one label per image")
     labels = y.reshape(-1)
-    # loadmat returns MATLAB doubles as float64; labels must still be whole numbers.
-    if not (np.issubdtype(labels.dtype, np.integer) or np.array_equal(labels, np.round(labels))):
-        raise DatasetError(f"{path}: y holds non-integer values; expected labels 1..10")
-    labels = labels.astype(np.int64)
+    # Strings, cells, structs and complex numbers can all sit in a .mat variable: only real numbers are labels.
+    if labels.dtype.kind not in "biuf":
+        raise DatasetError(f"{path}: y holds {labels.dtype} values; expected numeric labels 1..10")
+    # loadmat returns MATLAB doubles as float64; labels must still be whole, finite numbers.
+    if labels.dtype.kind == "f" and not (np.isfinite(labels).all() and np.array_equal(labels, np.round(labels))):
+        raise DatasetError(f"{path}: y holds non-integer or non-finite values; expected labels 1..10")
+    # Range first, cast after: a huge double would wrap around in the cast to int64.
     bad = np.flatnonzero((labels < 1) | (labels > _ZERO_DIGIT_LABEL))
     if bad.size:
         i = int(bad[0])
-        raise DatasetError(f"{path}: label {int(labels[i])} at index {i}; expected labels 1..10 "
+        raise DatasetError(f"{path}: label {labels[i]:g} at index {i}; expected labels 1..10 "
                            "(10 meaning the digit 0)")
+    labels = labels.astype(np.int64)
     labels[labels == _ZERO_DIGIT_LABEL] = 0
     # (H, W, C, N) -> (N, H, W, C)
     images = np.ascontiguousarray(x.transpose(3, 0, 1, 2))

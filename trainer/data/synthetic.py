@@ -8,6 +8,8 @@ so the train and test splits share them and differ only in their noise and label
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from trainer.errors import ConfigError
@@ -18,10 +20,20 @@ _COARSE_GRID = 4
 # Templates span [_LOW, _LOW + _RANGE] so that most of the noise stays inside [0, 1] unclipped.
 _LOW, _RANGE = 0.2, 0.6
 _NOISE_STD = 0.2
+# Memory bounds of a split's uint8 images and of the float32 class templates (see check_synthetic_config).
+MAX_IMAGE_BYTES = 2**32
+MAX_TEMPLATE_VALUES = 2**26
+# Images whose float32 noise is drawn at once: bounds the temporary memory to ~16 bytes per pixel of a
+# chunk instead of the whole split; the generator fills its draws in order, so chunks give the same images.
+_CHUNK_IMAGES = 4096
 
 
 def check_synthetic_config(shape: tuple[int, int, int], num_classes: int, size: int, size_field: str) -> None:
-    """Raise ConfigError naming the data.* field that makes the synthetic source impossible."""
+    """Raise ConfigError naming the data.* field that makes the synthetic source impossible.
+
+    The source is built in memory, so sizes it cannot hold are refused here, with the field named,
+    rather than by a MemoryError or the kernel's OOM killer half-way through.
+    """
     if len(shape) != 3 or any(int(s) < 1 for s in shape):
         raise ConfigError(f"config field 'data.synthetic_shape' = {shape!r}: "
                           "expected three positive integers (C, H, W)")
@@ -30,6 +42,15 @@ def check_synthetic_config(shape: tuple[int, int, int], num_classes: int, size: 
                           "expected an integer >= 2")
     if size < 1:
         raise ConfigError(f"config field '{size_field}' = {size!r}: expected an integer >= 1")
+    pixels = math.prod(int(s) for s in shape)
+    if num_classes * pixels > MAX_TEMPLATE_VALUES:
+        raise ConfigError(f"config field 'data.synthetic_classes' = {num_classes!r}: {num_classes} templates of "
+                          f"shape {tuple(shape)} exceed the {MAX_TEMPLATE_VALUES} template values the source "
+                          "holds in memory; expected fewer classes or a smaller data.synthetic_shape")
+    if size * pixels > MAX_IMAGE_BYTES:
+        raise ConfigError(f"config field '{size_field}' = {size!r}: {size} uint8 images of shape {tuple(shape)} "
+                          f"exceed the {MAX_IMAGE_BYTES // 2**30} GiB the source holds in memory per split; "
+                          "expected fewer images or a smaller data.synthetic_shape")
 
 
 def class_templates(shape: tuple[int, int, int], num_classes: int) -> np.ndarray:
@@ -49,8 +70,11 @@ def make_synthetic(shape: tuple[int, int, int], num_classes: int, size: int,
     templates = class_templates(shape, num_classes)
     rng = np.random.default_rng(np.random.SeedSequence([SYNTHETIC_SEED, _SPLIT_STREAM[split]]))
     labels = rng.permutation(np.arange(size) % num_classes).astype(np.int64)
-    noisy = templates[labels] + _NOISE_STD * rng.standard_normal((size, *shape), dtype=np.float32)
-    pixels = np.rint(np.clip(noisy, 0.0, 1.0) * 255.0).astype(np.uint8)  # (N, C, H, W)
+    pixels = np.empty((size, *shape), dtype=np.uint8)  # (N, C, H, W)
+    for start in range(0, size, _CHUNK_IMAGES):
+        chunk = labels[start:start + _CHUNK_IMAGES]
+        noisy = templates[chunk] + _NOISE_STD * rng.standard_normal((len(chunk), *shape), dtype=np.float32)
+        pixels[start:start + len(chunk)] = np.rint(np.clip(noisy, 0.0, 1.0) * 255.0).astype(np.uint8)
     return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1)), labels
 
 

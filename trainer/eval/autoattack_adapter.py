@@ -16,9 +16,8 @@ def autoattack_available() -> bool:
     return True
 
 
-def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
-                   batch_size: int, seed: int, version: str = "standard") -> torch.Tensor:
-    """Adversarial examples from AutoAttack; the caller's global RNG state is left as it was."""
+def build_autoattack(model: nn.Module, *, eps: float, norm: str, seed: int, version: str, device: torch.device):
+    """The official AutoAttack object with the version's attack list and settings, quiet."""
     try:
         from pyautoattack import AutoAttack
     except ImportError:
@@ -27,11 +26,22 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
             "pip install pyautoattack (or the project's 'eval' extra), or drop 'autoattack' from eval.attacks"
         ) from None
     aa_norm = {"linf": "Linf", "l2": "L2"}[norm]
+    adversary = AutoAttack(model, norm=aa_norm, eps=eps, version=version, device=device, seed=seed)
+    adversary.verbose = False
+    return adversary
+
+
+def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
+                   batch_size: int, seed: int, version: str = "standard") -> torch.Tensor:
+    """Adversarial examples from one uninterrupted AutoAttack call; the caller's global RNG is left as it was.
+
+    `trainer.eval.autoattack_resumable` is the resumable, sharded driver used by `trainer eval`; this
+    one-shot form is the reference it is tested against.
+    """
     devices = [x.device] if x.device.type == "cuda" else []
     # AutoAttack seeds the global generators itself; fork so the training / caller RNG stream is untouched.
     with torch.random.fork_rng(devices=devices):
-        adversary = AutoAttack(model, norm=aa_norm, eps=eps, version=version, device=x.device, seed=seed)
-        adversary.verbose = False
+        adversary = build_autoattack(model, eps=eps, norm=norm, seed=seed, version=version, device=x.device)
         # pyautoattack >= 0.2 returns (x_adv, predicted labels); the caller re-classifies x_adv itself.
         x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
     return x_adv

@@ -9,7 +9,10 @@ import torch
 from torch import nn
 
 from trainer.config import OptimConfig, RunConfig
-from trainer.optim import build_sgd, set_lr
+from trainer.distributed import average_buffers_, data_parallel
+from trainer.engine import Engine, LossScaler, host_scalars, phase
+from trainer.engine.step_metrics import MetricValue
+from trainer.optim import set_lr
 
 ModelFactory = Callable[[], nn.Module]
 
@@ -19,6 +22,7 @@ class Method(ABC):
 
     `networks()` and `optimizers()` list everything a checkpoint must hold; `eval_models()` lists the
     models to evaluate, the first being the one that is shipped and selected on the validation split.
+    All of them are the plain modules, never a DDP wrapper (checkpoints hold the unwrapped weights).
     """
 
     name: str = ""
@@ -27,6 +31,17 @@ class Method(ABC):
         self.cfg = cfg
         self.device = device
         self.global_step = 0
+        # True once enable_data_parallel() wrapped the trained networks (torchrun, world size > 1).
+        self.data_parallel = False
+        # How the steps run on the device: precision, memory format, streams, graphs, compile (trainer/engine/).
+        self.engine = Engine(cfg, device)
+
+    def enable_data_parallel(self) -> None:
+        """Train under torchrun: wrap the networks trained by gradient in DistributedDataParallel for their
+        training forward / backward, and average their BatchNorm statistics over ranks after each step
+        (trainer/distributed.py says why). Call once the process group exists and every rank holds the
+        same weights (after a resume has loaded them)."""
+        raise NotImplementedError(f"method '{self.name}' does not support data-parallel training")
 
     @abstractmethod
     def networks(self) -> dict[str, nn.Module]: ...
@@ -48,11 +63,22 @@ class Method(ABC):
     def end_epoch(self, epoch: int) -> None:
         """Hook after the last step of an epoch."""
 
+    def loss_scalers(self) -> dict[str, LossScaler]:
+        """The fp16 loss scalers by optimiser name (their scale is training state a resume must restore)."""
+        return {}
+
     def extra_state(self) -> dict:
-        return {"global_step": self.global_step}
+        state: dict = {"global_step": self.global_step}
+        scalers = {name: s.state_dict() for name, s in self.loss_scalers().items() if s.enabled}
+        if scalers:
+            state["loss_scalers"] = scalers
+        return state
 
     def load_extra_state(self, state: dict) -> None:
         self.global_step = int(state["global_step"])
+        saved = state.get("loss_scalers", {})
+        for name, scaler in self.loss_scalers().items():
+            scaler.load_state_dict(saved.get(name, {}))
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -64,14 +90,43 @@ def accuracy_count(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y).float().mean())
 
 
+def batch_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Like accuracy_count, as a 0-dim device tensor: no host sync inside the step (trainer/engine/step_metrics.py)."""
+    return (logits.detach().argmax(1) == y).float().mean()
+
+
+def attack_metrics(attack: object) -> dict[str, torch.Tensor]:
+    """The attack's diagnostics of its last call, for the step metrics (PGD: fraction of zero input gradients)."""
+    fraction = getattr(attack, "zero_grad_fraction", None)
+    return {"attack_zero_grad_fraction": fraction} if isinstance(fraction, torch.Tensor) else {}
+
+
 class SingleNetworkMethod(Method):
     """Natural, PGD-AT and TRADES: one network, one SGD optimiser, a per-epoch lr schedule."""
 
+    # The phase (trainer/engine/phases.py) a step's loss, backward and optimiser step are counted in.
+    update_phase = "robust_update"
+
     def __init__(self, cfg: RunConfig, model_factory: ModelFactory, device: torch.device):
         super().__init__(cfg, model_factory, device)
-        self.model = model_factory().to(device)
+        self.model = self.engine.place(model_factory().to(device))
+        # What forwards run through: the model, or its torch.compile wrapper (engine.compile); attacks use this.
+        self.run_model: nn.Module = self.engine.compiled(self.model)
+        # What the training forward (the one followed by backward) runs through: run_model, or the model's
+        # DDP wrapper under torchrun. Attacks never get the DDP wrapper.
+        self.train_model: nn.Module = self.run_model
         self.optim_cfg: OptimConfig = cfg.optim
-        self.optimizer = build_sgd(self.model.parameters(), self.optim_cfg, device)
+        self.optimizer = self.engine.optimizer(self.model.parameters(), self.optim_cfg)
+        self.scaler = self.engine.loss_scaler()
+        # engine.cuda_graphs: the whole step captured once and replayed (trainer/engine/cuda_graphs.py).
+        self.graphed_step = self.engine.graphed(self._step, [self.optimizer])
+
+    def enable_data_parallel(self) -> None:
+        self.train_model = self.engine.compiled(data_parallel(self.model, self.device))
+        self.data_parallel = True
+
+    def loss_scalers(self) -> dict[str, LossScaler]:
+        return {"model": self.scaler}
 
     def networks(self) -> dict[str, nn.Module]:
         return {"model": self.model}
@@ -88,13 +143,29 @@ class SingleNetworkMethod(Method):
         return {"lr": lr}
 
     @abstractmethod
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The batch loss with the model in train mode, and metrics to log."""
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, MetricValue]]:
+        """The batch loss with the model in train mode, and metrics to log (floats, or better 0-dim tensors:
+        no host sync inside the step); the forward that backward() differentiates runs through
+        `self.train_model`, attacks through `self.run_model` (or the plain `self.model`). Runs under the
+        engine's autocast; an attack inside marks itself with `phase("attack")`."""
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, MetricValue]:
+        """Loss, backward, optimiser step; metrics stay on the device (the CUDA-graph-captured function)."""
+        with phase(self.update_phase):
+            with self.engine.autocast():
+                loss, metrics = self.loss(x, y)
+            # Under DDP the backward also averages the gradients over ranks.
+            skipped = self.scaler.update(loss, self.optimizer)
+        out: dict[str, MetricValue] = {"loss": loss.detach(), **metrics}
+        out.update(attack_metrics(getattr(self, "attack", None)))
+        if self.scaler.enabled:
+            out["skipped_steps"] = skipped
+        return out
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        loss, metrics = self.loss(x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        x = self.engine.prepare(x)
+        metrics = self.graphed_step(x, y) if self.graphed_step is not None else self._step(x, y)
+        if self.data_parallel:
+            average_buffers_(self.model)
         self.global_step += 1
-        return {"loss": float(loss.detach()), **metrics}
+        return host_scalars(metrics)

@@ -18,20 +18,24 @@ import torch
 from torch import nn
 
 from kernels import FlatArena, generalist_average_
-from trainer.attacks import build_train_attack
-from trainer.methods.base import Method, ModelFactory, accuracy_count, cross_entropy
+from trainer.distributed import average_buffers_, data_parallel
+from trainer.engine import LossScaler, draw_update_seed, host_scalars, independent_rng, phase
+from trainer.engine.step_metrics import MetricValue
+from trainer.methods.base import Method, ModelFactory, attack_metrics, batch_accuracy, cross_entropy
+from trainer.methods.ducat import DucatPlugin
 from trainer.methods.generalist_schedule import ema_decay, is_sync_epoch, mix_beta
 from trainer.methods.trades import build_trades_attack, trades_loss
-from trainer.optim import build_sgd, set_lr
+from trainer.optim import set_lr
 
 
-class Generalist(Method):
+class Generalist(DucatPlugin, Method):
     name = "generalist"
 
     def __init__(self, cfg, model_factory: ModelFactory, device: torch.device):
         super().__init__(cfg, model_factory, device)
         self.gcfg = cfg.method.generalist
-        origin = model_factory().to(device)
+        # In the engine's memory format before the copies and the arenas (which keep each tensor's layout).
+        origin = self.engine.place(model_factory().to(device))
         self.robust = origin
         self.natural = copy.deepcopy(origin)
         self.avg_robust = copy.deepcopy(origin)
@@ -42,15 +46,33 @@ class Generalist(Method):
             averaged.eval()
         # Built after .to(device): the modules' tensors become views into one buffer per network.
         self.arenas = {name: FlatArena(net) for name, net in self._five().items()}
-        self.robust_optimizer = build_sgd(self.robust.parameters(), self.gcfg.robust_optim, device)
-        self.natural_optimizer = build_sgd(self.natural.parameters(), self.gcfg.natural_optim, device)
+        # What each expert's forwards run through: the expert, or its torch.compile wrapper (engine.compile);
+        # the attack uses robust_run. What each expert's training forward (the one followed by backward) runs
+        # through: the same, or the expert's DDP wrapper under torchrun (enable_data_parallel).
+        self.robust_run: nn.Module = self.engine.compiled(self.robust)
+        self.natural_run: nn.Module = self.engine.compiled(self.natural)
+        self.robust_train: nn.Module = self.robust_run
+        self.natural_train: nn.Module = self.natural_run
+        self.robust_optimizer = self.engine.optimizer(self.robust.parameters(), self.gcfg.robust_optim)
+        self.natural_optimizer = self.engine.optimizer(self.natural.parameters(), self.gcfg.natural_optim)
+        # One fp16 loss scale per expert: independent losses, and under two streams steps on different streams.
+        self.robust_scaler = self.engine.loss_scaler()
+        self.natural_scaler = self.engine.loss_scaler()
         if self.gcfg.robust_objective == "trades":
             self.robust_attack = build_trades_attack(cfg.attack)
         else:
-            self.robust_attack = build_train_attack(cfg.attack)
+            self.robust_attack = self.engine.train_attack(cfg.attack)  # graph-safe under engine.cuda_graphs
+        # The two expert updates: concurrent on two CUDA streams (engine.two_streams) or one after the other.
+        self.streams = self.engine.expert_streams()
+        # Issue order of the sequential path; the updates are independent, so both orders give the same step.
+        self.update_order = "robust_first"
+        # engine.cuda_graphs: both updates captured as one graph and replayed; the averaging stays eager.
+        self.graphed_step = self.engine.graphed(self._graph_updates, [self.robust_optimizer, self.natural_optimizer])
         self.epoch = 1
         self.beta = 1.0
         self.sync_epoch = False
+        # method.ducat: all five networks share the 2C head; the robust expert trains DUCAT's objective.
+        self.enable_ducat(self.robust)
 
     def _five(self) -> dict[str, nn.Module]:
         return {"robust": self.robust, "natural": self.natural, "avg_robust": self.avg_robust,
@@ -59,11 +81,21 @@ class Generalist(Method):
     def networks(self) -> dict[str, nn.Module]:
         return self._five()
 
+    def enable_data_parallel(self) -> None:
+        """Only the two experts learn by gradient; S_R, S_N and G follow from them by the same arithmetic
+        on every rank, so they need no wrapper to stay identical."""
+        self.robust_train = self.engine.compiled(data_parallel(self.robust, self.device))
+        self.natural_train = self.engine.compiled(data_parallel(self.natural, self.device))
+        self.data_parallel = True
+
+    def loss_scalers(self) -> dict[str, LossScaler]:
+        return {"robust": self.robust_scaler, "natural": self.natural_scaler}
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"robust": self.robust_optimizer, "natural": self.natural_optimizer}
 
     def eval_models(self) -> dict[str, nn.Module]:
-        return {"global": self.global_model, "robust": self.robust, "natural": self.natural}
+        return self.ducat_eval_models({"global": self.global_model, "robust": self.robust, "natural": self.natural})
 
     def start_epoch(self, epoch: int) -> dict[str, float]:
         total = self.cfg.train.epochs
@@ -74,30 +106,84 @@ class Generalist(Method):
         set_lr(self.natural_optimizer, lr_n)
         self.beta = mix_beta(epoch, total, self.gcfg)
         self.sync_epoch = is_sync_epoch(epoch, total, self.gcfg)
-        return {"lr_robust": lr_r, "lr_natural": lr_n, "beta": self.beta, "sync": float(self.sync_epoch)}
+        return {"lr_robust": lr_r, "lr_natural": lr_n, "beta": self.beta, "sync": float(self.sync_epoch),
+                **self.ducat_start_epoch(epoch)}
 
-    def _robust_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        if self.gcfg.robust_objective == "trades":
-            loss, metrics = trades_loss(self.robust, self.robust_attack, x, y, self.cfg.method.trades_beta)
-        else:
-            x_adv = self.robust_attack(self.robust, x, y)  # eval mode inside: BN running stats untouched
-            self.robust.train()
-            logits = self.robust(x_adv)
-            loss = cross_entropy(logits, y)
-            metrics = {"adv_acc": accuracy_count(logits, y)}
-        self.robust_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.robust_optimizer.step()
-        return {"robust_loss": float(loss.detach()), **{f"robust_{k}": v for k, v in metrics.items()}}
+    def _robust_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, MetricValue]:
+        """The robust expert's attack and optimiser step; reads only x, y and the robust expert's own state."""
+        with phase("robust_update"):
+            with self.engine.autocast():
+                with phase("attack"):
+                    # PGD (over the 2C logits under DUCAT) or TRADES' KL attack; eval mode inside, so the
+                    # BatchNorm running statistics are untouched.
+                    x_adv = self.robust_attack(self.robust_run, x, y)
+                if self.ducat_active:
+                    if self.gcfg.robust_objective == "trades":
+                        loss, metrics = self.ducat.trades_loss(self.robust_train, x, x_adv, y,
+                                                               self.cfg.method.trades_beta)
+                    else:
+                        loss, metrics = self.ducat.pgd_at_loss(self.robust_train, x, x_adv, y)
+                elif self.gcfg.robust_objective == "trades":
+                    loss, metrics = trades_loss(self.robust_run, self.robust_attack, x, y, self.cfg.method.trades_beta,
+                                                train_model=self.robust_train, x_adv=x_adv)
+                else:
+                    self.robust.train()
+                    logits = self.robust_train(x_adv)
+                    loss = cross_entropy(logits, y)
+                    metrics = {"adv_acc": batch_accuracy(logits, y)}
+            skipped = self.robust_scaler.update(loss, self.robust_optimizer)
+        out: dict[str, MetricValue] = {"robust_loss": loss.detach(), **{f"robust_{k}": v for k, v in metrics.items()}}
+        out.update(attack_metrics(self.robust_attack))
+        if self.robust_scaler.enabled:
+            out["skipped_steps"] = skipped
+        return out
 
-    def _natural_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        self.natural.train()
-        logits = self.natural(x)
-        loss = cross_entropy(logits, y)
-        self.natural_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.natural_optimizer.step()
-        return {"natural_loss": float(loss.detach()), "natural_acc": accuracy_count(logits, y)}
+    def _natural_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, MetricValue]:
+        """The natural expert's optimiser step on clean x; reads only x, y and the natural expert's own state."""
+        with phase("natural_update"):
+            with self.engine.autocast():
+                if self.ducat_active:
+                    loss, ducat_metrics = self.ducat.natural_loss(self.natural_train, x, y)
+                    acc = ducat_metrics["acc"]
+                else:
+                    self.natural.train()
+                    logits = self.natural_train(x)
+                    loss = cross_entropy(logits, y)
+                    acc = batch_accuracy(logits, y)
+            skipped = self.natural_scaler.update(loss, self.natural_optimizer)
+        out: dict[str, MetricValue] = {"natural_loss": loss.detach(), "natural_acc": acc}
+        if self.natural_scaler.enabled:
+            out["skipped_steps"] = skipped
+        return out
+
+    @staticmethod
+    def _merge(robust: dict[str, MetricValue], natural: dict[str, MetricValue]) -> dict[str, MetricValue]:
+        merged = {**robust, **natural}
+        if "skipped_steps" in robust:  # fp16: optimiser steps the two loss scalers skipped in this iteration
+            merged["skipped_steps"] = robust["skipped_steps"] + natural["skipped_steps"]
+        return merged
+
+    def expert_updates(self, x: torch.Tensor, y: torch.Tensor, *, order: str = "robust_first"
+                       ) -> dict[str, MetricValue]:
+        """Both experts' updates of one iteration, independent until the averaging (trainer/engine/streams.py):
+        the natural one on generators seeded from one global draw, so that which runs first, or running them
+        concurrently on two CUDA streams, changes nothing."""
+        seed = draw_update_seed()
+
+        def natural() -> dict[str, MetricValue]:
+            with independent_rng(seed, self.device):
+                return self._natural_update(x, y)
+
+        robust_metrics, natural_metrics = self.streams.run(lambda: self._robust_update(x, y), natural,
+                                                           inputs=(x, y), order=order)
+        return self._merge(robust_metrics, natural_metrics)
+
+    def _graph_updates(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, MetricValue]:
+        # Captured by a CUDA graph: generators cannot be reseeded inside a capture, so the natural update draws
+        # from the global generators like the robust one (its numbers differ from the eager path's then).
+        robust_metrics, natural_metrics = self.streams.run(lambda: self._robust_update(x, y),
+                                                           lambda: self._natural_update(x, y), inputs=(x, y))
+        return self._merge(robust_metrics, natural_metrics)
 
     def average_and_mix(self, decay: float, redistribute: bool) -> None:
         """S <- d S + (1-d) theta for both experts, G <- d G + (1-d) mix, optionally experts <- G."""
@@ -129,14 +215,21 @@ class Generalist(Method):
         self.arenas["natural"].copy_from(self.arenas["global"])
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        metrics = self._robust_step(x, y)
-        metrics.update(self._natural_step(x, y))
+        x = self.engine.prepare(x)
+        if self.graphed_step is not None:
+            metrics = self.graphed_step(x, y)
+        else:
+            metrics = self.expert_updates(x, y, order=self.update_order)
+        if self.data_parallel:
+            # The parameters already agree (DDP averaged the gradients); the BatchNorm statistics each rank
+            # gathered from its slice are averaged too, so S_R, S_N and G come out the same on every rank.
+            average_buffers_(self.robust, self.natural)
         decay = ema_decay(self.global_step, self.gcfg)
         sync_now = self.sync_epoch and self.gcfg.sync_mode == "every_step"
-        self.average_and_mix(decay, redistribute=sync_now)
+        with phase("averaging"):
+            self.average_and_mix(decay, redistribute=sync_now)
         self.global_step += 1
-        metrics["decay"] = decay
-        return metrics
+        return {**host_scalars(metrics), "decay": decay}
 
     def end_epoch(self, epoch: int) -> None:
         if self.sync_epoch and self.gcfg.sync_mode == "epoch_end":

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from trainer.methods.base import SingleNetworkMethod, accuracy_count, cross_entropy
+from trainer.engine.step_metrics import MetricValue
+from trainer.methods.base import SingleNetworkMethod, batch_accuracy, cross_entropy
 
 
 class Natural(SingleNetworkMethod):
     name = "natural"
+    update_phase = "natural_update"
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, MetricValue]]:
         self.model.train()
-        logits = self.model(x)
-        return cross_entropy(logits, y), {"acc": accuracy_count(logits, y)}
+        logits = self.train_model(x)
+        return cross_entropy(logits, y), {"acc": batch_accuracy(logits, y)}

@@ -7,24 +7,36 @@ from torch import nn
 
 from trainer.attacks import TradesKL
 from trainer.config import AttackConfig
-from trainer.methods.base import ModelFactory, SingleNetworkMethod, accuracy_count
+from trainer.engine import phase
+from trainer.engine.step_metrics import MetricValue
+from trainer.methods.base import ModelFactory, SingleNetworkMethod, batch_accuracy
+from trainer.methods.ducat import DucatPlugin
 
 
-def trades_loss(model: nn.Module, attack: TradesKL, x: torch.Tensor, y: torch.Tensor, beta: float
-                ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The TRADES objective with `model` in train mode; shared by TRADES and Generalist's robust expert."""
-    x_adv = attack(model, x, y)
+def trades_loss(model: nn.Module, attack: TradesKL, x: torch.Tensor, y: torch.Tensor, beta: float, *,
+                train_model: nn.Module | None = None, x_adv: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, MetricValue]]:
+    """The TRADES objective with `model` in train mode; shared by TRADES and Generalist's robust expert.
+
+    `train_model` (default `model`) is what the two training forwards run through: `model`'s DDP wrapper
+    under torchrun, while the attack keeps the plain `model`. `x_adv`: the KL attack's result when the
+    caller already ran it (to time it as its own phase); None runs `attack` here. Metrics are 0-dim tensors.
+    """
+    train_model = model if train_model is None else train_model
+    if x_adv is None:
+        with phase("attack"):
+            x_adv = attack(model, x, y)
     model.train()
-    logits_nat = model(x).float()
-    logits_adv = model(x_adv).float()
+    logits_nat = train_model(x).float()
+    logits_adv = train_model(x_adv).float()
     natural = nn.functional.cross_entropy(logits_nat, y)
     # KL(p(x) || p(x_adv)) summed over classes, averaged over the batch (the authors' sum / batch size).
     robust = nn.functional.kl_div(
         nn.functional.log_softmax(logits_adv, dim=1), nn.functional.softmax(logits_nat, dim=1),
         reduction="batchmean",
     )
-    metrics = {"acc": accuracy_count(logits_nat, y), "adv_acc": accuracy_count(logits_adv, y),
-               "kl": float(robust.detach())}
+    metrics = {"acc": batch_accuracy(logits_nat, y), "adv_acc": batch_accuracy(logits_adv, y),
+               "kl": robust.detach()}
     return natural + beta * robust, metrics
 
 
@@ -32,13 +44,18 @@ def build_trades_attack(cfg: AttackConfig) -> TradesKL:
     return TradesKL(cfg.eps, cfg.step, cfg.steps)
 
 
-class TRADES(SingleNetworkMethod):
+class TRADES(DucatPlugin, SingleNetworkMethod):
     name = "trades"
 
     def __init__(self, cfg, model_factory: ModelFactory, device: torch.device):
         super().__init__(cfg, model_factory, device)
         self.attack = build_trades_attack(cfg.attack)
         self.beta = cfg.method.trades_beta
+        self.enable_ducat(self.model)  # method.ducat: 2C head, folded eval models (trainer/methods/ducat.py)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        return trades_loss(self.model, self.attack, x, y, self.beta)
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, MetricValue]]:
+        with phase("attack"):
+            x_adv = self.attack(self.run_model, x, y)  # the KL attack (over the 2C softmax under DUCAT)
+        if self.ducat_active:
+            return self.ducat.trades_loss(self.train_model, x, x_adv, y, self.beta)
+        return trades_loss(self.run_model, self.attack, x, y, self.beta, train_model=self.train_model, x_adv=x_adv)

@@ -14,7 +14,7 @@ from trainer.models.resnet import ResNet18
 from trainer.models.small_cnn import SmallCNN
 from trainer.models.wide_resnet import WideResNet
 
-__all__ = ["Normalize", "PreActResNet18", "ResNet18", "SmallCNN", "WideResNet", "build_model"]
+__all__ = ["Normalize", "PreActResNet18", "ResNet18", "SmallCNN", "WideResNet", "build_model", "with_dummy_classes"]
 
 
 def build_model(cfg: ModelConfig, *, num_classes: int, in_channels: int, image_size: int,
@@ -40,3 +40,18 @@ def build_model(cfg: ModelConfig, *, num_classes: int, in_channels: int, image_s
         return WideResNet(num_classes, in_channels, mean, std, depth=cfg.depth, widen=cfg.widen,
                           dropout=cfg.dropout)
     raise ConfigError(f"config field 'model.arch' = {cfg.arch!r}: expected one of {ARCHS}")
+
+
+def with_dummy_classes(model: nn.Module) -> nn.Module:
+    """The same network with a 2C-class head, C its current `num_classes` (DUCAT, spec/ducat.md).
+
+    Only the last layer is redrawn (from the default torch RNG, like `build_model`), so a seeded
+    factory stays deterministic; the state_dict layout is that of `build_model(num_classes=2C)`.
+    """
+    reset = getattr(model, "reset_classifier", None)
+    num_classes = getattr(model, "num_classes", None)
+    if reset is None or not isinstance(num_classes, int):
+        raise ConfigError(f"method.ducat.enabled: model {type(model).__name__} has no reset_classifier / "
+                          f"num_classes, so it cannot get DUCAT's 2C-class head")
+    reset(2 * num_classes)
+    return model

@@ -55,6 +55,12 @@ class PreActResNet18(nn.Module):
         self.bn = nn.BatchNorm2d(512)
         self.linear = nn.Linear(512, num_classes)
 
+    def reset_classifier(self, num_classes: int) -> None:
+        """A freshly initialised last layer with `num_classes` outputs (DUCAT's 2C head); the rest is kept."""
+        old = self.linear
+        self.linear = nn.Linear(old.in_features, num_classes).to(old.weight.device, old.weight.dtype)
+        self.num_classes = num_classes
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) in [0,1] -> logits (N, num_classes)."""
         out = self.conv1(self.normalize(x))

@@ -45,6 +45,12 @@ class SmallCNN(nn.Module):
             nn.Linear(hidden, num_classes),
         )
 
+    def reset_classifier(self, num_classes: int) -> None:
+        """A freshly initialised last layer with `num_classes` outputs (DUCAT's 2C head); the rest is kept."""
+        old = self.classifier[-1]
+        self.classifier[-1] = nn.Linear(old.in_features, num_classes).to(old.weight.device, old.weight.dtype)
+        self.num_classes = num_classes
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) in [0,1] -> logits (N, num_classes)."""
         return self.classifier(self.features(self.normalize(x)))

@@ -48,6 +48,13 @@ class WideResNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
+    def reset_classifier(self, num_classes: int) -> None:
+        """A freshly initialised last layer with `num_classes` outputs (DUCAT's 2C head); the rest is kept."""
+        old = self.fc
+        self.fc = nn.Linear(old.in_features, num_classes).to(old.weight.device, old.weight.dtype)
+        nn.init.zeros_(self.fc.bias)  # as the constructor initialises it
+        self.num_classes = num_classes
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) in [0,1] -> logits (N, num_classes)."""
         out = self.block3(self.block2(self.block1(self.conv1(self.normalize(x)))))
