@@ -4,7 +4,9 @@
 # the runs of scripts/fmnist_table.sh (same folder, same configs). Every model is evaluated through the
 # C-logit wrapper: clean / PGD-20 / CW-20 / pgd_lse-20 (the adaptive logsumexp-fold attack) on N test
 # points (eval_n<N>.json) and AutoAttack on AA_N (eval_aa<AA_N>.json, resumable: re-run after a stop).
-# Two one-thread lanes fill the 2 cores; finished steps are skipped.
+# Two one-thread lanes fill the 2 cores; finished steps are skipped. The plain rows are NOT trained here: run
+# `N=... AA_N=... bash scripts/fmnist_table.sh` with the same OUT, N and AA_N (the table lists what is missing).
+# Their adaptive column reads n/a: without dummy classes the logsumexp-fold is the identity (pgd_lse = PGD-20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -40,7 +42,14 @@ lane_b() {
   run trades_ducat fashion_mnist_trades_ducat "[]"
 }
 
-lane_a &
-lane_b &
-wait
+# A bare `wait` returns 0 whatever the lanes did: wait for each, print what exists, then report a failure.
+lane_a & pid_a=$!
+lane_b & pid_b=$!
+status=0
+wait "$pid_a" || status=1
+wait "$pid_b" || status=1
 $PY scripts/print_ducat_table.py "$OUT" "$N" "$AA_N"
+if [ "$status" != 0 ]; then
+  echo "ducat_table.sh: a training or evaluation failed; see $OUT/*.log, then re-run (finished steps are skipped)" >&2
+  exit 1
+fi

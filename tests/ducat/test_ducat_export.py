@@ -128,8 +128,10 @@ def test_pgd_lse_breaks_the_gradient_masking_of_the_max_fold():
     assert res["pgd4"] > 0.4  # about 72% of random starts fall where the max-fold is flat
 
 
-def test_resume_across_the_activation_equals_a_straight_run(tmp_path):
-    """DUCAT's on/off state follows from the epoch alone: stopping in epoch 1 and resuming needs nothing more."""
+# Stopped in epoch 1 (before the activation) or in epoch 2 (mid-epoch, DUCAT already on).
+@pytest.mark.parametrize("stop_at", [1, 3])
+def test_resume_across_the_activation_equals_a_straight_run(tmp_path, stop_at):
+    """DUCAT's on/off state follows from the epoch alone: stopping anywhere and resuming needs nothing more."""
     def config(folder, *extra):
         return load_config(None, [*TINY, "method.name=generalist", "method.generalist.robust_objective=trades",
                                   "train.val_points=0", "eval.attacks=[clean]",
@@ -137,8 +139,8 @@ def test_resume_across_the_activation_equals_a_straight_run(tmp_path):
 
     straight = train(config("a"))
     assert straight.finished and straight.global_step == 4  # 64 training images / 32 = 2 steps x 2 epochs
-    first = train(config("b", "train.max_steps=1"))
-    assert not first.finished
+    first = train(config("b", f"train.max_steps={stop_at}"))
+    assert not first.finished and first.global_step == stop_at
     second = train(config("b"), resume=True)
     assert second.finished and second.global_step == 4
     a = load_checkpoint(tmp_path / "a" / "last.pt")["networks"]

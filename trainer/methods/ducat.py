@@ -65,14 +65,15 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits.float(), targets.float())
 
 
-def folded_accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+# The metrics are 0-dim device tensors, not floats: no host sync inside the step (trainer/engine/step_metrics.py).
+def folded_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Accuracy of DUCAT's prediction (max-fold, i.e. argmax-then-mod-C) from (N, 2C) logits."""
-    return float((fold_max(logits).argmax(1) == y).float().mean())
+    return (fold_max(logits.detach()).argmax(1) == y).float().mean()
 
 
-def dummy_rate(logits: torch.Tensor) -> float:
+def dummy_rate(logits: torch.Tensor) -> torch.Tensor:
     """Fraction of inputs whose largest of the (N, 2C) logits is a dummy column."""
-    return float((logits.argmax(1) >= logits.shape[1] // 2).float().mean())
+    return (logits.detach().argmax(1) >= logits.shape[1] // 2).float().mean()
 
 
 class DucatObjective:
@@ -104,28 +105,28 @@ class DucatObjective:
         return soft_cross_entropy(logits, targets), logits_clean, logits_adv
 
     @staticmethod
-    def _metrics(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def _metrics(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"acc": folded_accuracy(logits_clean, y), "adv_acc": folded_accuracy(logits_adv, y),
                 "adv_dummy": dummy_rate(logits_adv)}
 
     def pgd_at_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
-                    ) -> tuple[torch.Tensor, dict[str, float]]:
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """PGD-AT + DUCAT: the soft two-hot cross-entropy of [x; x_adv]; `model` in train mode after."""
         loss, logits_clean, logits_adv = self._joint_forward(model, x, x_adv, y)
         return loss, self._metrics(logits_clean, logits_adv, y)
 
     def trades_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, beta: float
-                    ) -> tuple[torch.Tensor, dict[str, float]]:
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """TRADES + DUCAT: the soft two-hot cross-entropy of [x; x_adv] + beta KL(p(x) || p(x_adv)) over 2C
         classes, both from the same joint forward."""
         soft, logits_clean, logits_adv = self._joint_forward(model, x, x_adv, y)
         kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
         metrics = self._metrics(logits_clean, logits_adv, y)
-        metrics["kl"] = float(kl.detach())
+        metrics["kl"] = kl.detach()
         return soft + beta * kl, metrics
 
     def natural_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
-                     ) -> tuple[torch.Tensor, dict[str, float]]:
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Generalist's natural expert while DUCAT is active: clean inputs only (see the module docstring)."""
         model.train()
         logits = model(x).float()  # (N, 2C)
