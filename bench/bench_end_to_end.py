@@ -2,7 +2,7 @@
 attack and device, in one run (spec/performance.md "How to measure" and "The reference-style loop").
 
     python -m bench.bench_end_to_end                      # GPU: ResNet-18, CIFAR-shaped data, PGD-10
-    python -m bench.bench_end_to_end --smoke              # CPU smoke run: small CNN, tiny batches (CI)
+    python -m bench.bench_end_to_end --smoke --device cpu # CPU smoke run: small CNN, tiny batches (CI)
     python -m bench.bench_end_to_end --table FILE         # markdown table of a results file
 
 What runs (each on fresh networks from one seed, on the same synthetic CIFAR-shaped training set):
@@ -28,7 +28,8 @@ measured in this run (bf16 on CUDA, fp32 on the CPU), or --peak-tflops.
 Summary figures and their GPU targets (recorded with the verdict; never asserted): speedup of `ours` over
 `reference` at batch 128 (>= 8), MFU of `ours` at batch 512 (>= 0.30), `ours` over `ours_one_stream` at
 batch 128 (>= 1.15). Results: bench/results/<date>-<device>-end-to-end.json (a JSON list of runs; its own
-file because bench/common.py's markdown tables read kernel rows only) and --out-dir.
+file because bench/common.py's markdown tables read kernel rows only; `...-end-to-end-smoke.json` for
+--smoke runs) and --out-dir.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from trainer.engine import (
     timing_phases,
 )
 from trainer.engine.profiling import endless_batches, training_loader
+from trainer.methods.generalist_schedule import mix_beta
 from trainer.models import build_model
 from trainer.session import Session, open_session
 
@@ -190,10 +192,14 @@ def reference_iteration(session: Session, args: argparse.Namespace) -> Callable[
 
     g = cfg.method.generalist
     torch.manual_seed(cfg.train.seed)
+    # The trainer's epoch-1 hyper-parameters (what `ours` runs in the timed windows), so both do the same work.
+    epochs = cfg.train.epochs
     ref = ReferenceGeneralist(factory, session.device, eps=cfg.attack.eps, step=cfg.attack.step,
-                              steps=cfg.attack.steps, lr=g.robust_optim.lr.values[0], momentum=g.robust_optim.momentum,
-                              robust_weight_decay=g.robust_optim.weight_decay,
-                              natural_weight_decay=g.natural_optim.weight_decay)
+                              steps=cfg.attack.steps, lr=g.robust_optim.lr.at(1, epochs),
+                              momentum=g.robust_optim.momentum, robust_weight_decay=g.robust_optim.weight_decay,
+                              natural_lr=g.natural_optim.lr.at(1, epochs), natural_momentum=g.natural_optim.momentum,
+                              natural_weight_decay=g.natural_optim.weight_decay, beta=mix_beta(1, epochs, g),
+                              decay_max=g.decay_max, decay_warmup=g.decay_warmup)
     padding, flip = augmentation_defaults(cfg.data.dataset, train.image_size)
     loader = reference_loader(train, cfg.data.batch_size, padding=padding, flip=flip,
                               num_workers=args.reference_workers, seed=cfg.train.seed)
@@ -279,20 +285,27 @@ def summarise(rows: list[dict], args: argparse.Namespace, device: torch.device, 
 # Results file and table
 
 
-def results_path(info: dict, directory: Path | str) -> Path:
-    return Path(directory) / f"{info['timestamp_utc'][:10]}-{device_slug(info)}-end-to-end.json"
+def results_path(info: dict, directory: Path | str, *, smoke: bool = False) -> Path:
+    """<dir>/<date>-<device>-end-to-end.json; smoke-sized runs end in -end-to-end-smoke.json, so that they
+    are never mistaken for (or appended to) the full-size figures."""
+    suffix = "-end-to-end-smoke" if smoke else "-end-to-end"
+    return Path(directory) / f"{info['timestamp_utc'][:10]}-{device_slug(info)}{suffix}.json"
 
 
-def write_results(info: dict, config: dict, rows: list[dict], summary: dict, out_dirs: list[str]) -> list[Path]:
-    """Append this run to <dir>/<date>-<device>-end-to-end.json (a JSON list of runs) in bench/results and
-    every --out-dir."""
-    run = {"benchmark": BENCHMARK, "meta": info, "config": config, "rows": rows, "summary": summary}
+def write_results(run: dict, out_dirs: list[str]) -> list[Path]:
+    """Write `run` into <dir>/<date>-<device>-end-to-end[-smoke].json (a JSON list of runs) in bench/results and
+    every --out-dir: appended the first time, replaced in place by later writes of the same run (meta.run_id).
+    main() writes after every variant, so a run cut short (a time limit on a lent GPU) keeps the rows it
+    finished, with "complete": false."""
     written = []
     for directory in [RESULTS_DIR, *out_dirs]:
-        path = results_path(info, directory)
+        path = results_path(run["meta"], directory, smoke=bool(run["config"].get("smoke")))
         path.parent.mkdir(parents=True, exist_ok=True)
         runs = json.loads(path.read_text()) if path.is_file() else []
-        runs.append(run)
+        if runs and runs[-1].get("meta", {}).get("run_id") == run["meta"]["run_id"]:
+            runs[-1] = run
+        else:
+            runs.append(run)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(runs, indent=1) + "\n")
         tmp.replace(path)
@@ -311,7 +324,8 @@ def markdown_table(path: Path | str) -> str:
     out = [f"**end_to_end** on {m['device']}, torch {m['torch']}, triton {m['triton']}, commit "
            f"{m['git_commit'][:12]}{' (dirty)' if m.get('git_dirty') else ''}, {m['timestamp_utc']}; "
            f"{run['config']['arch']}, PGD-{run['config']['attack_steps']}, peak "
-           f"{s['peak_tflops']:.1f} TFLOP/s ({s['peak_source']}).\n",
+           f"{s['peak_tflops']:.4g} TFLOP/s ({s['peak_source']}).\n",
+           *([f"{m['note']}.\n"] if m.get("note") else []),
            "| variant | batch | images/s | ms/iter | MFU | status |", "|---|---:|---:|---:|---:|---|"]
     for r in run["rows"]:
         out.append(f"| {r['variant']} | {r['batch_size']} | {_fmt(r['images_per_s'], '.1f')} | "
@@ -358,12 +372,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reference-workers", type=int, help="DataLoader workers of the reference (GPU default 4, "
                    "smoke 0)")
     p.add_argument("--peak-tflops", type=float, help="peak for MFU instead of the matmul measured in this run")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--threads", type=int, default=0, help="CPU runs: intra-op threads (0: leave torch's)")
     p.add_argument("--out-dir", action="append", default=[], help="also append the results file here")
     p.add_argument("--no-write", action="store_true", help="print only; write no results file")
     p.add_argument("--table", metavar="FILE", help="print the markdown table of a results file and exit")
     args = p.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA device is visible to torch")
     smoke = args.smoke or device.type != "cuda"
     defaults = dict(arch="small_cnn", image_shape=[1, 12, 12], train_size=256, attack_steps=2, ratio_batch=8,
                     mfu_batch=16, warmup=1, iters=2, repeats=2, reference_workers=0) if smoke else dict(
@@ -403,7 +420,7 @@ def main(argv: list[str] | None = None) -> dict:
     peak["forward_flops_per_image"] = forward
     peak_flops = peak["peak_tflops"] * 1e12
     print(f"model {args.arch}: {forward / 1e9:.4g} GFLOP forward per image, {sum(flops.values()) / 1e9:.4g} GFLOP "
-          f"per Generalist PGD-{args.attack_steps} iteration per image; peak {peak['peak_tflops']:.1f} TFLOP/s "
+          f"per Generalist PGD-{args.attack_steps} iteration per image; peak {peak['peak_tflops']:.4g} TFLOP/s "
           f"({peak['peak_source']})")
 
     plan = [("reference", args.ratio_batch, True), ("ours", args.ratio_batch, True)]
@@ -412,7 +429,16 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda":
         plan.append(("ours_one_stream", args.ratio_batch, False))
     plan += [(f"ours_{name}", args.ratio_batch, False) for name in args.extra]  # last: the least proven paths
-    rows = []
+    config = {"arch": args.arch, "image_shape": args.image_shape, "train_size": args.train_size,
+              "attack_steps": args.attack_steps, "ratio_batch": args.ratio_batch, "mfu_batch": args.mfu_batch,
+              "warmup": args.warmup, "iters": args.iters, "repeats": args.repeats, "extra": args.extra,
+              "reference_workers": args.reference_workers, "smoke": args.smoke, "data": "synthetic",
+              "plan": [[variant, batch] for variant, batch, _ in plan],
+              "trainer_config": to_dict(run_config(args, device, args.ratio_batch, []))}
+    info["run_id"] = f"{info['timestamp_utc']}-{os.getpid()}"
+    rows: list[dict] = []
+    result = {"benchmark": BENCHMARK, "meta": info, "config": config, "rows": rows, "complete": False}
+    written: list[Path] = []
     for variant, batch, breakdown in plan:
         row = run_variant(variant, batch, args, device, flops, peak_flops, default_backends,
                           breakdown and not args.no_breakdown)
@@ -420,20 +446,18 @@ def main(argv: list[str] | None = None) -> dict:
         shown = (f"{row['images_per_s']:.1f} images/s, {row['ms_per_iter']:.2f} ms/iter, MFU {row['mfu']:.2%}"
                  if row["status"] == "ok" else row["status"])
         print(f"{variant:>18} batch {batch:>4}: {shown}", flush=True)
-    summary = summarise(rows, args, device, flops, peak)
+        result["summary"] = summarise(rows, args, device, flops, peak)
+        if not args.no_write:
+            written = write_results(result, args.out_dir)
+    result["complete"] = True
+    if not args.no_write:
+        written = write_results(result, args.out_dir)
     for key in ("speedup_vs_reference", "mfu", "two_stream_speedup"):
-        f = summary[key]
+        f = result["summary"][key]
         print(f"{key} at batch {f['batch_size']}: {f['value'] if f['value'] is None else round(f['value'], 4)} "
               f"(GPU target >= {f['target']}; met: {f['met']})")
-    config = {"arch": args.arch, "image_shape": args.image_shape, "train_size": args.train_size,
-              "attack_steps": args.attack_steps, "ratio_batch": args.ratio_batch, "mfu_batch": args.mfu_batch,
-              "warmup": args.warmup, "iters": args.iters, "repeats": args.repeats, "extra": args.extra,
-              "reference_workers": args.reference_workers, "smoke": args.smoke, "data": "synthetic",
-              "trainer_config": to_dict(run_config(args, device, args.ratio_batch, []))}
-    result = {"benchmark": BENCHMARK, "meta": info, "config": config, "rows": rows, "summary": summary}
-    if not args.no_write:
-        for path in write_results(info, config, rows, summary, args.out_dir):
-            print(f"wrote {path}")
+    for path in written:
+        print(f"wrote {path}")
     return result
 
 

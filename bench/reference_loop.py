@@ -97,7 +97,8 @@ class ReferenceGeneralist:
 
     def __init__(self, model_factory: Callable[[], nn.Module], device: torch.device, *, eps: float, step: float,
                  steps: int, lr: float, momentum: float, robust_weight_decay: float, natural_weight_decay: float,
-                 beta: float = 1.0, decay_max: float = 0.999, decay_warmup: float = 10.0):
+                 natural_lr: float | None = None, natural_momentum: float | None = None, beta: float = 1.0,
+                 decay_max: float = 0.999, decay_warmup: float = 10.0):
         origin = model_factory().to(device)
         self.robust = origin
         self.natural = copy.deepcopy(origin)
@@ -106,8 +107,9 @@ class ReferenceGeneralist:
         self.global_model = copy.deepcopy(origin)
         self.robust_optimizer = torch.optim.SGD(self.robust.parameters(), lr=lr, momentum=momentum,
                                                 weight_decay=robust_weight_decay)
-        self.natural_optimizer = torch.optim.SGD(self.natural.parameters(), lr=lr, momentum=momentum,
-                                                 weight_decay=natural_weight_decay)
+        self.natural_optimizer = torch.optim.SGD(
+            self.natural.parameters(), lr=lr if natural_lr is None else natural_lr,
+            momentum=momentum if natural_momentum is None else natural_momentum, weight_decay=natural_weight_decay)
         self.eps, self.step_size, self.steps = eps, step, steps
         self.beta, self.decay_max, self.decay_warmup = beta, decay_max, decay_warmup
         self.k = 0

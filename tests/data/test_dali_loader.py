@@ -166,3 +166,61 @@ def test_jpeg_folder_pipeline_decodes_like_pil_and_resizes(tmp_path):
     # Another image size is reached by resampling.
     (small, _), = _epoch(DaliFolderLoader(tmp_path, 6, image_size=8, device="cpu", padding=1, flip=True), 0)
     assert small.shape == (6, 3, 8, 8) and 0.0 <= small.min() and small.max() <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The same pipelines on a GPU (device_id set): images go to the device after the source, augmentation runs
+# there. The division by 255 on the device may round differently from the host's: one fp32 rounding at most.
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+_ONE_ROUNDING = dict(rtol=torch.finfo(torch.float32).eps, atol=0)
+
+
+def _on_cuda_equal_to(got, expected):
+    assert len(got) == len(expected)
+    for k, ((x, y), (x2, y2)) in enumerate(zip(got, expected)):
+        assert x.is_cuda and y.is_cuda and x.dtype == torch.float32 and y.dtype == torch.int64, f"batch {k}"
+        torch.testing.assert_close(x.cpu(), x2, **_ONE_ROUNDING, msg=f"images of batch {k} differ")
+        torch.testing.assert_close(y.cpu(), y2, rtol=0, atol=0, msg=f"labels of batch {k} differ")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("drop_last,world_size", [(True, 1), (False, 1), (True, 2)])
+def test_gpu_array_pipeline_yields_the_cpu_loaders_batches_per_rank(drop_last, world_size):
+    ds = _dataset()  # 50 points, batch 16: a last batch of 2 that DROP drops and PARTIAL keeps
+    kwargs = dict(shuffle=True, padding=2, flip=True, seed=3, drop_last=drop_last)
+    cpu = _epoch(CpuLoader(ds, 16, **kwargs), 1)
+    for rank in range(world_size):
+        dali = DaliLoader(ds, 16, device="cuda", rank=rank, world_size=world_size, **kwargs)
+        assert dali.device_id == torch.cuda.current_device()
+        assert dali.policy == (dali.dali.LastBatchPolicy.DROP if drop_last else dali.dali.LastBatchPolicy.PARTIAL)
+        rows = slice(rank * 16 // world_size, (rank + 1) * 16 // world_size)
+        _on_cuda_equal_to(_epoch(dali, 1), [(x[rows], y[rows]) for x, y in cpu])
+        _on_cuda_equal_to(_epoch(dali, 1, start=2), [(x[rows], y[rows]) for x, y in cpu[2:]])
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_png_folder_pipeline_decodes_with_the_mixed_decoder_like_the_cpu_loader(tmp_path):
+    images = np.random.default_rng(2).integers(0, 256, (22, 8, 8, 3), dtype=np.uint8)
+    ordered, labels = _write_folder(tmp_path, images)
+    ds = ArrayDataset(ordered, labels, 3, "folder", (0.5,) * 3, (0.25,) * 3)
+    kwargs = dict(shuffle=True, padding=1, flip=True, drop_last=False)
+    folder = DaliFolderLoader(tmp_path, 4, image_size=8, device="cuda", seed=4, **kwargs)
+    _on_cuda_equal_to(_epoch(folder, 1), _epoch(CpuLoader(ds, 4, seed=4, **kwargs), 1))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_backend_choice_builds_the_gpu_pipeline():
+    from trainer.config import DataConfig
+    from trainer.data import build_train_loader
+
+    ds = _dataset(count=48)
+    loader = build_train_loader(DataConfig(backend="dali", batch_size=16), ds, device="cuda", seed=0, padding=2,
+                                flip=True)
+    assert isinstance(loader, DaliLoader) and loader.device_id is not None
+    x, y = next(iter(loader.batches(0)))
+    assert x.is_cuda and x.shape == (16, 3, 8, 8) and y.is_cuda
+

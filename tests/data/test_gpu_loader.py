@@ -104,3 +104,18 @@ def test_bad_arguments_are_config_errors_naming_the_value():
         loader.batches(0, start=7)
     with pytest.raises(ConfigError, match="epoch -1"):
         loader.batches(-1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("shuffle,padding,flip,drop_last", [(True, 2, True, True), (False, 1, True, False)])
+def test_on_cuda_the_batches_are_the_cpu_loaders_bit_for_bit(shuffle, padding, flip, drop_last):
+    ds = _dataset()
+    kwargs = dict(shuffle=shuffle, padding=padding, flip=flip, seed=3, drop_last=drop_last)
+    gpu = GpuLoader(ds, 16, device="cuda", **kwargs)
+    assert gpu.images.is_cuda and gpu.labels.is_cuda and gpu.images.dtype == torch.uint8
+    got = _epoch(gpu, 2)
+    assert all(x.is_cuda and y.is_cuda for x, y in got)
+    _assert_same_batches([(x.cpu(), y.cpu()) for x, y in got], _epoch(CpuLoader(ds, 16, **kwargs), 2))
+    _assert_same_batches([(x.cpu(), y.cpu()) for x, y in _epoch(gpu, 2, start=1)], [(x.cpu(), y.cpu())
+                                                                                   for x, y in got[1:]])

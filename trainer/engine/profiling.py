@@ -64,6 +64,8 @@ def profile_training(cfg: RunConfig, *, steps: int = 5, warmup: int | None = Non
     """
     if steps < 1:
         raise ConfigError(f"profile: --steps {steps}, expected an integer >= 1")
+    if warmup is not None and warmup < 0:
+        raise ConfigError(f"profile: --warmup {warmup}, expected an integer >= 0")
     configure_threads(cfg.train.threads)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     session = open_session(cfg)
@@ -73,8 +75,6 @@ def profile_training(cfg: RunConfig, *, steps: int = 5, warmup: int | None = Non
     print(settings.describe())
     if warmup is None:
         warmup = settings.cuda_graph_warmup_steps + 1 if settings.cuda_graphs else 2
-    if warmup < 0:
-        raise ConfigError(f"profile: --warmup {warmup}, expected an integer >= 0")
     method.start_epoch(1)
     batches = endless_batches(training_loader(session), device)
 
