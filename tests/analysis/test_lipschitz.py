@@ -81,6 +81,44 @@ def test_released_variant_steps_down_and_reports_far_less_than_the_ascent():
     assert bool((released.per_point < ascent.per_point).all())
 
 
+class Wavy(nn.Module):
+    """Two oscillating logits of the mean pixel: the ratio along the ascent path is not monotone."""
+
+    def forward(self, x):
+        m = x.flatten(1).mean(1, keepdim=True)
+        return 5 * torch.cat([torch.sin(40 * m), torch.cos(25 * m)], 1)
+
+
+def ascent_path_ratios(model, x, eps, seed, step=0.003, steps=10, init_std=0.001):
+    """The ratio at the start and after each of the steps of the ascent (the definition, spec section 2),
+    written out independently: (N, steps + 1)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def project(xp):
+        return (x + (xp - x).clamp(-eps, eps)).clamp(0, 1)
+
+    logits_x = model(x).detach()
+    xp = project(x + init_std * torch.randn(x.shape, generator=generator))
+    ratios = []
+    for _ in range(steps):
+        xp = xp.detach().requires_grad_(True)
+        ratio = lipschitz_ratio(logits_x, model(xp), x, xp)
+        (grad,) = torch.autograd.grad(ratio.sum(), xp)
+        ratios.append(ratio.detach())
+        xp = project(xp.detach() + step * grad.sign())
+    ratios.append(lipschitz_ratio(logits_x, model(xp), x, xp).detach())
+    return torch.stack(ratios, 1)
+
+
+def test_ascent_keeps_the_best_iterate_not_the_last():
+    x = interior_points(40)
+    path = ascent_path_ratios(Wavy(), x, eps=0.1, seed=0)
+    best, last = path.max(1).values, path[:, -1]
+    assert int((last < 0.95 * best).sum()) >= 5  # the model really makes the last iterate worse than the best
+    estimate = local_lipschitz(Wavy(), x, LipschitzConfig(eps=0.1, seed=0, batch_size=40))
+    torch.testing.assert_close(estimate.per_point, best, rtol=1e-5, atol=0)
+
+
 def released_code_estimate(model, X, eps, seed, batch_size=16, step=0.003, steps=10):
     """A literal transcription of estimate_local_lip_v2 (yangarbiter/robust-local-lipschitz, lolip/utils.py),
     top_norm=1, btm_norm=inf, with its torch.randn start drawn from a seeded generator."""

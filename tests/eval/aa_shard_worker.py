@@ -59,3 +59,42 @@ def sharded_run(rank: int, world: int, folder: str) -> None:
         torch.save({"robust": result.robust, "stages": result.stage_accuracy}, Path(folder) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+class Stop(Exception):
+    """Stands for the process being killed at that point."""
+
+
+def sharded_interrupted_run(rank: int, world: int, folder: str, phase: str) -> None:
+    """phase 'stop': both ranks die after APGD-CE's merge, rank 1 before it saved the merged state (so its
+    state file is one attack behind rank 0's), rank 0 in its first APGD-T unit. phase 'resume': both restart
+    from their state files and write their flags."""
+    torch.set_num_threads(1)
+    install_short_attacks()
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store_{phase}", rank=rank, world_size=world)
+    real_unit, real_save = autoattack_resumable._attack_unit, autoattack_resumable.save_state
+    attacked: list[str] = []  # the attack of every unit this process runs
+
+    def unit(adversary, attack, x, y):
+        if phase == "stop" and rank == 0 and attack == "apgd-t":
+            dist.barrier()  # rank 1 has failed to save the merge: now both stop
+            raise Stop
+        attacked.append(attack)
+        return real_unit(adversary, attack, x, y)
+
+    def save(path, state):
+        if phase == "stop" and rank == 1 and state.attack_index == 1:
+            dist.barrier()  # wait until rank 0 has saved the merge and started APGD-T
+            raise Stop  # merged, but the merge never reached this rank's state file
+        real_save(path, state)
+
+    autoattack_resumable._attack_unit, autoattack_resumable.save_state = unit, save
+    try:
+        model, x, y = tiny_problem()
+        result = autoattack_resumable.autoattack_robust(model, x, y, state_path=Path(folder) / "state.json",
+                                                        **SETTINGS)
+        torch.save({"robust": result.robust, "stages": result.stage_accuracy, "attacked": attacked,
+                    "resumed": result.resumed}, Path(folder) / f"resumed_rank{rank}.pt")
+    finally:
+        autoattack_resumable._attack_unit, autoattack_resumable.save_state = real_unit, real_save
+        dist.destroy_process_group()

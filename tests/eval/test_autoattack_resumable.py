@@ -52,7 +52,11 @@ def test_matches_one_uninterrupted_official_run(reference):
     assert result.stage_accuracy["square"] == pytest.approx(float(reference.float().mean()))
 
 
-def test_interrupted_run_resumes_to_the_same_flags(tmp_path, monkeypatch, reference):
+# 17 points are correct at first (3 are made wrong) and 4 survive APGD-CE, so the units are APGD-CE 5,
+# then APGD-T, FAB-T and Square 1 each: call 4 is inside APGD-CE, call 7 is FAB-T's, after two finished attacks.
+@pytest.mark.parametrize("die_at, attack_index, units_done", [(4, 0, 3), (7, 2, 0)], ids=["in_apgd_ce", "in_fab_t"])
+def test_interrupted_run_resumes_to_the_same_flags(tmp_path, monkeypatch, reference, die_at, attack_index,
+                                                   units_done):
     model, x, y = tiny_problem()
     state_file = tmp_path / "aa_state.json"
     real_unit = autoattack_resumable._attack_unit
@@ -60,7 +64,7 @@ def test_interrupted_run_resumes_to_the_same_flags(tmp_path, monkeypatch, refere
 
     def dying_unit(*args):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == die_at:
             raise KeyboardInterrupt  # the run is stopped in the middle of its work
         return real_unit(*args)
 
@@ -68,7 +72,7 @@ def test_interrupted_run_resumes_to_the_same_flags(tmp_path, monkeypatch, refere
     with pytest.raises(KeyboardInterrupt):
         autoattack_robust(model, x, y, state_path=state_file, **SETTINGS)
     saved = json.loads(state_file.read_text())
-    assert len(saved["units_done"]) + saved["attack_index"] > 0  # progress was kept
+    assert saved["attack_index"] == attack_index and len(saved["units_done"]) == units_done  # progress was kept
 
     monkeypatch.setattr(autoattack_resumable, "_attack_unit", real_unit)
     counted = {"n": 0}
@@ -89,7 +93,7 @@ def test_interrupted_run_resumes_to_the_same_flags(tmp_path, monkeypatch, refere
 
     monkeypatch.setattr(autoattack_resumable, "_attack_unit", counting_fresh)
     autoattack_robust(model, x, y, **SETTINGS)
-    assert counted["n"] == uninterrupted["n"] - 3  # the three finished units were not redone
+    assert counted["n"] == uninterrupted["n"] - (die_at - 1)  # the finished units were not redone
 
     # A finished state answers again without attacking.
     monkeypatch.setattr(autoattack_resumable, "_attack_unit", dying_unit)
@@ -141,3 +145,26 @@ def test_two_ranks_share_the_work_and_agree(tmp_path, reference):
     assert ranks[0]["stages"] == ranks[1]["stages"]
     states = [json.loads((tmp_path / f"state.json.rank{r}").read_text()) for r in range(2)]
     assert all(st["attack_index"] == len(st["attacks"]) for st in states)
+
+
+def test_two_ranks_resume_when_one_stopped_a_merge_behind(tmp_path, reference):
+    """Both ranks stopped after APGD-CE's merge, rank 1 before saving it: restarted, rank 1 adopts rank 0's
+    merged flags instead of redoing APGD-CE, and both end with the uninterrupted flags."""
+    import torch.multiprocessing as mp
+
+    from tests.eval.aa_shard_worker import sharded_interrupted_run
+
+    with pytest.raises(Exception, match="Stop"):
+        mp.spawn(sharded_interrupted_run, args=(2, str(tmp_path), "stop"), nprocs=2, join=True)
+    stopped = [json.loads((tmp_path / f"state.json.rank{r}").read_text()) for r in range(2)]
+    assert [st["attack_index"] for st in stopped] == [1, 0]  # rank 1's file is one merge behind
+    assert stopped[1]["units_done"] == [1, 3]  # ... with all its APGD-CE units done (5 units, round robin)
+
+    mp.spawn(sharded_interrupted_run, args=(2, str(tmp_path), "resume"), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"resumed_rank{r}.pt") for r in range(2)]
+    for saved in ranks:
+        assert saved["resumed"] and torch.equal(saved["robust"], reference)
+        assert "apgd-ce" in saved["stages"]
+    assert ranks[0]["stages"] == ranks[1]["stages"]
+    # No APGD-CE unit was attacked again; the later attacks have one unit each, which goes to rank 0.
+    assert ranks[0]["attacked"] == ["apgd-t", "fab-t", "square"] and ranks[1]["attacked"] == []
