@@ -130,6 +130,10 @@ def _keep_previous(path: Path, previous: Path) -> None:
     """
     if not path.is_file() or not _looks_complete(path):
         return
+    if previous.is_file() and os.path.samefile(path, previous):
+        # Already kept (a save killed between keeping and renaming). rename(2) between two links of one
+        # file does nothing, so going on would leave the temporary link behind.
+        return
     link = previous.with_name(f".{previous.name}.{os.getpid()}.link")
     link.unlink(missing_ok=True)
     try:

@@ -59,21 +59,49 @@ class MetricsLogger:
 
         atomic_write(self.epochs_path, write)
 
+    def reset(self) -> None:
+        """A fresh run: remove logs left by a run that was killed before its first checkpoint."""
+        self.epochs_path.unlink(missing_ok=True)
+        self.steps_path.unlink(missing_ok=True)
+
     def truncate_after(self, epoch: int, step: int) -> None:
-        """On resume, drop rows logged after the checkpoint (they will be logged again)."""
+        """On resume, drop rows logged after the checkpoint (they will be logged again).
+
+        Both files are rewritten atomically: a kill during the resume itself must not lose the kept rows.
+        A last line without its newline was being written when the run was killed, after the checkpoint
+        being resumed (rows are logged before the checkpoint of their epoch or step), so it is dropped too.
+        """
         if self.epochs_path.exists():
-            with self.epochs_path.open(newline="") as f:
-                rows = list(csv.DictReader(f))
-            kept = [r for r in rows if int(r["epoch"]) <= epoch]
+            text = _complete_lines(self.epochs_path.read_text())
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+            kept = [r for r in rows if _int_or_none(r.get("epoch")) is not None and int(r["epoch"]) <= epoch]
             if rows:
-                with self.epochs_path.open("w", newline="") as f:
-                    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                    writer.writeheader()
-                    writer.writerows(kept)
+                header = list(rows[0])
+                self._rewrite_epochs(kept, header)
+            elif not text:
+                self.epochs_path.unlink()  # nothing complete in it, not even a header
         if self.steps_path.exists():
-            lines = self.steps_path.read_text().splitlines()
-            kept_lines = [ln for ln in lines if ln and json.loads(ln).get("step", 0) <= step]
-            self.steps_path.write_text("".join(ln + "\n" for ln in kept_lines))
+            kept_lines = []
+            for line in _complete_lines(self.steps_path.read_text()).splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:  # e.g. zeros left by a crash of the machine: not a logged step
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                    kept_lines.append(line)
+            atomic_write(self.steps_path, lambda f: f.write("".join(ln + "\n" for ln in kept_lines).encode()))
+
+
+def _complete_lines(text: str) -> str:
+    """`text` without a last line that lacks its newline (torn by a kill in the middle of a write)."""
+    return text[: text.rfind("\n") + 1]
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def format_value(v: Any) -> str:

@@ -29,7 +29,7 @@ from trainer.distributed import rank as dist_rank
 from trainer.engine import apply_backend_policy
 from trainer.errors import CheckpointError, ConfigError
 from trainer.eval import correct_mask
-from trainer.guards import FiniteGuard
+from trainer.guards import SKIPPED_STEPS, FiniteGuard
 from trainer.methods import Method
 from trainer.metrics import MetricsLogger
 from trainer.runtime import capture_rng_state, configure_threads, resolve_device, restore_rng_state, seed_everything
@@ -149,6 +149,10 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     rank0 = init_distributed(cfg.train.dist_backend, resolve_device(cfg.train.device)).rank == 0
     if rank0:
         check_writable(run_dir)
+    if not resume and ((run_dir / LAST).exists() or previous_version(run_dir / LAST).exists()):
+        # Before anything is written there (config.yaml) or built: the folder's run must stay as it is.
+        raise ConfigError(f"config field 'train.out_dir' = {str(run_dir)!r}: already holds a run "
+                          f"({LAST}); pass --resume to continue it or choose another folder")
     configure_threads(cfg.train.threads)
     # The same seed on every rank: the same initial weights and the same RNG streams, so that the global
     # RNG state rank 0 checkpoints is every rank's, and a resume is exact on all of them.
@@ -181,9 +185,9 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
             logger.truncate_after(epoch - 1, method.global_step)
         guard.record_checkpoint(source, method.global_step)
         print(f"resumed {source}: epoch {epoch}, batch {start_batch}, step {method.global_step}")
-    elif (run_dir / LAST).exists() or previous_version(run_dir / LAST).exists():
-        raise ConfigError(f"config field 'train.out_dir' = {str(run_dir)!r}: already holds a run "
-                          f"({LAST}); pass --resume to continue it or choose another folder")
+    elif rank0:
+        # Logs of a run killed before its first checkpoint would otherwise be continued as if they were ours.
+        logger.reset()
 
     if tcfg.max_steps is not None and method.global_step >= tcfg.max_steps:
         print(f"nothing to do: step {method.global_step} already reaches train.max_steps = {tcfg.max_steps} "
@@ -258,8 +262,9 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
             assert_replicas_identical(method.networks(), f"end of epoch {ep}")
         seconds = time.perf_counter() - t0
         val = validate(session, ep)
+        # Means over the epoch's steps, but the fp16 loss scalers' skipped steps are counted (their sum).
         row = {"epoch": ep, "step": method.global_step, **sched,
-               **{f"train_{k}": v / max(count, 1) for k, v in sums.items()}, **val,
+               **{f"train_{k}": v if k == SKIPPED_STEPS else v / max(count, 1) for k, v in sums.items()}, **val,
                "epoch_seconds": round(seconds, 2), "images_per_second": round(count * cfg.data.batch_size /
                                                                                 max(seconds, 1e-9), 1)}
         improved = bool(val) and (best is None or val["val_score"] > best)

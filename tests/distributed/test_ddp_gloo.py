@@ -114,10 +114,11 @@ def test_two_processes_match_one_process_and_resume_exactly(tmp_path, monkeypatc
 
 def test_cli_under_torchrun_with_batchnorm_trains_identical_replicas_and_shards_eval(tmp_path):
     """`python -m trainer train` itself under torchrun, BatchNorm included (running statistics averaged over
-    ranks), TRADES as the robust objective (two DDP forwards before one backward), random starts on, then
+    ranks), TRADES as the robust objective (two DDP forwards before one backward), random starts on, the
+    torch DataLoader backend (the other test uses the cpu one; all backends shard alike, tests/data), then
     the sharded test-set evaluation of best.pt."""
     run = tmp_path / "run"
-    overrides = [o for o in TINY if o != "attack.random_start=false"]
+    overrides = [o for o in TINY if o != "attack.random_start=false"] + ["data.backend=torch", "data.num_workers=0"]
     done = torchrun("-m", "trainer", "train", *overrides, f"train.out_dir={run}",
                     "method.generalist.robust_objective=trades", "eval.attacks=[clean, pgd]")
     record = check_replicas_file(run)

@@ -118,6 +118,13 @@ def test_ddp_wrapping_of_one_process_changes_nothing(one_process_group, method, 
     plain, wrapped = open_session(cfg).method, open_session(cfg).method
     wrapped.enable_data_parallel()
     assert wrapped.data_parallel and set(wrapped.networks()) == set(plain.networks())
+    # What the training forward / backward goes through: every network trained by gradient (both experts
+    # of Generalist) behind its own DDP wrapper.
+    trained = ({"robust": wrapped.robust_train, "natural": wrapped.natural_train} if method == "generalist"
+               else {"model": wrapped.train_model})
+    for name, module in trained.items():
+        assert isinstance(module, nn.parallel.DistributedDataParallel), f"{method}: {name} is not wrapped"
+        assert module.module is wrapped.networks()[name], f"{method}: the wrapper of {name} holds another module"
     assert all(not isinstance(n, nn.parallel.DistributedDataParallel) for n in wrapped.networks().values())
     gen = torch.Generator().manual_seed(1)
     for step in range(2):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import subprocess
 import sys
@@ -80,3 +82,11 @@ def assert_same_state(a: Path, b: Path) -> None:
     differing = [k for k in sa if not (torch.equal(sa[k], sb[k]) if isinstance(sa[k], torch.Tensor)
                                        else sa[k] == sb[k])]
     assert not differing, f"{a} and {b} differ in {differing[:10]}"
+
+
+def assert_logged_once(run_dir: Path) -> None:
+    """steps.jsonl has every step 1..STEPS once, epochs.csv every epoch once, whatever the kills interrupted."""
+    steps = [json.loads(line)["step"] for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, STEPS + 1)), f"steps.jsonl holds steps {steps}"
+    with (run_dir / "epochs.csv").open(newline="") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]

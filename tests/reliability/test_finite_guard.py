@@ -1,5 +1,6 @@
 """The NaN/Inf guard: what it checks, what its message names, and that nothing poisoned reaches a checkpoint."""
 
+import csv
 import json
 import math
 
@@ -176,3 +177,35 @@ def test_cli_exits_2_with_the_guard_message(tmp_path, monkeypatch, capsys):
     from tests.reliability.runs import TINY
     assert main(["train", "--no-eval", *TINY, *cfg_args]) == 2
     assert "error: non-finite natural_loss = nan at step 2 (epoch 1) in network 'natural'" in capsys.readouterr().err
+
+
+def test_fp16_training_with_a_real_loss_scaler_counts_its_skipped_steps_and_finishes(tmp_path, monkeypatch, capsys):
+    """engine.precision=fp16 on the CPU: torch.amp.GradScaler("cpu") is the scaler CUDA runs use. Started at a
+    scale of 2^24, the first scaled gradients overflow fp16, so the scaler skips steps (halving its scale)
+    until they fit: counted, printed and logged, and the run goes on to the end with finite weights."""
+    from trainer.engine import precision
+
+    real_init = precision.LossScaler.__init__
+
+    def high_initial_scale(self, device, enabled):
+        real_init(self, device, enabled)
+        self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**24, enabled=enabled)
+
+    monkeypatch.setattr(precision.LossScaler, "__init__", high_initial_scale)
+    result = training.train(tiny_config(tmp_path, *IN_PROCESS, "engine.precision=fp16"))
+    assert result.finished and result.global_step == STEPS
+    rows = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    skipped = {r["step"]: r["skipped_steps"] for r in rows}
+    assert len(skipped) == STEPS and sum(skipped.values()) >= 1 and skipped[1] >= 1
+    out = capsys.readouterr().out
+    assert f"step 1 (epoch 1): the loss scaler skipped {int(skipped[1])} optimiser step(s)" in out
+    assert f"{int(sum(skipped.values()))} skipped so far" in out
+    with (tmp_path / "epochs.csv").open(newline="") as f:
+        epochs = list(csv.DictReader(f))
+    # The epoch row counts the skipped steps of its epoch (a sum, not a mean over the steps).
+    assert [float(e["train_skipped_steps"]) for e in epochs] == [
+        sum(v for s, v in skipped.items() if (s - 1) // (STEPS // 2) == k) for k in range(2)]
+    state = load_checkpoint(tmp_path / LAST)
+    scales = {name: s["scale"] for name, s in state["method_state"]["loss_scalers"].items()}
+    assert set(scales) == {"robust", "natural"} and all(scale < 2.0**24 for scale in scales.values())
+    assert _all_finite(tmp_path / LAST)

@@ -3,12 +3,15 @@ well-formed arrays or raises the project's own error (DatasetError / ConfigError
 
 Each reader gets raw random bytes, and structured inputs close to its real format (valid headers with
 random sizes, pickled dicts of random entries, .mat files of random variables) that reach its deeper
-checks, and cuts of valid files.
+checks, and cuts of valid files. `load_dataset` itself is then fuzzed for every format (MNIST and
+Fashion-MNIST idx plain or .gz, CIFAR-10, CIFAR-100, SVHN) on folders of such files, intact, cut short or
+with a changed byte.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import pickle
 import struct
@@ -16,7 +19,7 @@ import struct
 import numpy as np
 import pytest
 import scipy.io
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -207,6 +210,86 @@ def test_load_svhn_split_valid_or_dataset_error(folder, variables, cut):
 def test_load_svhn_split_on_random_bytes(folder, raw):
     (folder / "train_32x32.mat").write_bytes(raw)
     _only_project_errors(lambda: load_svhn_split(folder, "train"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Every format end to end: `load_dataset` on a folder of fuzzed files (what `train` and `evaluate` call)
+
+_NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "svhn": 10}
+
+
+def _maybe_damaged(draw, raw):
+    """`raw`, or cut short, or with one byte changed: what a broken download or disk leaves."""
+    how = draw(st.sampled_from(["intact", "cut", "flip"]))
+    if how == "cut" or (how == "flip" and not raw):
+        return raw[: draw(st.integers(0, len(raw)))]
+    if how == "flip":
+        position = draw(st.integers(0, len(raw) - 1))
+        return raw[:position] + bytes([raw[position] ^ draw(st.integers(1, 255))]) + raw[position + 1:]
+    return raw
+
+
+@st.composite
+def _valid_cifar_entries(draw, layout):
+    count = draw(st.integers(0, 3))
+    return {"data": draw(hnp.arrays(np.uint8, (count, 3072))),
+            layout.label_key: draw(st.lists(st.integers(0, layout.num_classes - 1), min_size=count, max_size=count))}
+
+
+@st.composite
+def _valid_svhn_variables(draw):
+    count = draw(st.integers(0, 3))
+    return {"X": draw(hnp.arrays(np.uint8, (32, 32, 3, count))),
+            "y": draw(hnp.arrays(np.float64, (count, 1), elements=st.integers(1, 10).map(float)))}
+
+
+@st.composite
+def dataset_folders(draw):
+    """(dataset name, split, {relative path: bytes}) for one split of one format, close to the real files."""
+    name = draw(st.sampled_from(sorted(_NUM_CLASSES)))
+    split = draw(st.sampled_from(["train", "test"]))
+    files = {}
+    if name in ("mnist", "fashion-mnist"):
+        count = draw(st.integers(0, 3))
+        side = draw(st.integers(1, 5))
+        images = draw(hnp.arrays(np.uint8, st.sampled_from([(count, side, side), (count, side, side + 1),
+                                                            (count + 1, side, side), (count, side)])))
+        labels = draw(hnp.arrays(np.uint8, st.sampled_from([(count,), (count + 1,), (count, 1)]),
+                                 elements=st.integers(0, 12)))
+        prefix = "train" if split == "train" else "t10k"
+        for stem, array in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+            raw = idx_bytes(array)
+            gz = draw(st.booleans())
+            files[stem + (".gz" if gz else "")] = _maybe_damaged(draw, gzip.compress(raw) if gz else raw)
+    elif name in ("cifar10", "cifar100"):
+        layout = CIFAR10 if name == "cifar10" else CIFAR100
+        nested = draw(st.booleans())
+        for batch in layout.files(split):
+            entries = draw(st.one_of(cifar_like_entries(), _valid_cifar_entries(layout)))
+            raw = pickle.dumps(entries, protocol=draw(st.integers(0, pickle.HIGHEST_PROTOCOL)))
+            files[(f"{layout.folder}/" if nested else "") + batch] = _maybe_damaged(draw, raw)
+    else:
+        buffer = io.BytesIO()
+        scipy.io.savemat(buffer, draw(st.one_of(svhn_like_variables(), _valid_svhn_variables())))
+        files[f"{split}_32x32.mat"] = _maybe_damaged(draw, buffer.getvalue())
+    return name, split, files
+
+
+@FUZZ
+@given(case=dataset_folders())
+def test_load_dataset_of_every_format_valid_or_a_project_error(tmp_path_factory, case):
+    name, split, files = case
+    folder = tmp_path_factory.mktemp("dataset")
+    for relative, raw in files.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_bytes(raw)
+    dataset = _only_project_errors(lambda: load_dataset(DataConfig(dataset=name, data_dir=str(folder)), split))
+    event(f"{name}: {'read' if dataset is not None else 'refused'}")
+    if dataset is not None:
+        assert dataset.images.dtype == np.uint8 and dataset.images.ndim == 4
+        assert dataset.labels.dtype == np.int64 and dataset.labels.shape == (len(dataset.images),)
+        assert ((dataset.labels >= 0) & (dataset.labels < _NUM_CLASSES[name])).all()
+        assert dataset.num_classes == _NUM_CLASSES[name]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -109,6 +109,19 @@ def test_a_fresh_run_refuses_a_folder_that_holds_only_a_previous_checkpoint(natu
     (run / "last.prev.pt").write_bytes((natural_run / "last.pt").read_bytes())
     with pytest.raises(ConfigError, match="already holds a run"):
         training.train(tiny_config(run, *IN_PROCESS))
+    assert sorted(p.name for p in run.iterdir()) == ["last.prev.pt"]  # not even a config.yaml written
+
+
+def test_a_fresh_run_into_an_existing_run_changes_nothing_there(natural_run, monkeypatch):
+    before = {p.name: p.read_bytes() for p in natural_run.iterdir()}
+
+    def never(cfg):
+        raise AssertionError("the data and networks were built before the folder was found taken")
+
+    monkeypatch.setattr(training, "open_session", never)
+    with pytest.raises(ConfigError, match=rf"'train.out_dir' = '{natural_run}': already holds a run"):
+        training.train(tiny_config(natural_run, *IN_PROCESS, "train.epochs=5"))
+    assert {p.name: p.read_bytes() for p in natural_run.iterdir()} == before
 
 
 def _idx_data(folder, train_side, test_side, width=None):

@@ -9,7 +9,14 @@ import signal
 import subprocess
 import time
 
-from tests.reliability.runs import REPO_ROOT, STEPS, assert_same_state, subprocess_env, train_command
+from tests.reliability.runs import (
+    REPO_ROOT,
+    STEPS,
+    assert_logged_once,
+    assert_same_state,
+    subprocess_env,
+    train_command,
+)
 from trainer.checkpoint import BEST, LAST, load_checkpoint
 
 KILLS = 3
@@ -63,3 +70,4 @@ def test_random_kills_then_resume_end_bit_exact(tmp_path, reference_run):
     assert load_checkpoint(run / LAST)["position"]["global_step"] == STEPS
     assert_same_state(run / LAST, reference_run / LAST)
     assert_same_state(run / BEST, reference_run / BEST)
+    assert_logged_once(run)
