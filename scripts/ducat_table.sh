@@ -13,6 +13,7 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/table}
 N=${N:-1000}
 AA_N=${AA_N:-1000}
+EXTRA=${EXTRA:-}  # more overrides for every new training, e.g. "data.data_dir=/data/fashion-mnist"
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1
 
@@ -22,8 +23,9 @@ run() {
     if [ -f "$OUT/$method/last.pt" ]; then
       $PY -m trainer train --resume "$OUT/$method" --no-eval >> "$OUT/$method.train.log" 2>&1
     else
+      # shellcheck disable=SC2086  # EXTRA is a list of overrides
       $PY -m trainer train --config "configs/$config.yaml" --no-eval train.out_dir="$OUT/$method" \
-        train.threads=1 train.progress=false train.checkpoint_every_steps=20 > "$OUT/$method.train.log" 2>&1
+        train.threads=1 train.progress=false train.checkpoint_every_steps=20 $EXTRA > "$OUT/$method.train.log" 2>&1
     fi
   fi
   [ -f "$OUT/$method/eval_n$N.json" ] || $PY -m trainer eval "$OUT/$method" --out "$OUT/$method/eval_n$N.json" \

@@ -12,12 +12,14 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/table}
 N=${N:-1000}
 AA_N=${AA_N:-1000}
+EXTRA=${EXTRA:-}  # more overrides for every new training, e.g. "data.data_dir=/data/fashion-mnist"
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1
 
 train() {  # skip methods already trained (DONE marker) so the script can be re-run after a stop
+  # shellcheck disable=SC2086  # EXTRA is a list of overrides
   [ -f "$OUT/$1/DONE" ] || $PY -m trainer train --config "configs/fashion_mnist_$1.yaml" --no-eval \
-      train.out_dir="$OUT/$1" train.threads=1 train.progress=false > "$OUT/$1.train.log" 2>&1
+      train.out_dir="$OUT/$1" train.threads=1 train.progress=false $EXTRA > "$OUT/$1.train.log" 2>&1
 }
 
 evaluate() {
@@ -36,7 +38,14 @@ lane() {
   done
 }
 
-lane generalist natural &
-lane pgd_at trades &
-wait
+# A bare `wait` returns 0 whatever the lanes did: wait for each, print what exists, then report a failure.
+lane generalist natural & pid_a=$!
+lane pgd_at trades & pid_b=$!
+status=0
+wait "$pid_a" || status=1
+wait "$pid_b" || status=1
 $PY scripts/print_table.py "$OUT" "$N" "$AA_N"
+if [ "$status" != 0 ]; then
+  echo "fmnist_table.sh: a training or evaluation failed; see $OUT/*.log, then re-run (finished steps are skipped)" >&2
+  exit 1
+fi
