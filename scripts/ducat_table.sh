@@ -13,6 +13,10 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/table}
 N=${N:-1000}
 AA_N=${AA_N:-1000}
+# The DUCAT rows are evaluated at their LAST checkpoint: DUCAT switches on late (the last epoch of a 3-epoch
+# run), and the best-on-validation checkpoint can be one written before it did, i.e. a model DUCAT never
+# trained. (The plain runs' best checkpoints of scripts/fmnist_table.sh are their last ones here.)
+WHICH=${WHICH:-last}
 EXTRA=${EXTRA:-}  # more overrides for every new training, e.g. "data.data_dir=/data/fashion-mnist"
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1
@@ -28,10 +32,10 @@ run() {
         train.threads=1 train.progress=false train.checkpoint_every_steps=20 $EXTRA > "$OUT/$method.train.log" 2>&1
     fi
   fi
-  [ -f "$OUT/$method/eval_n$N.json" ] || $PY -m trainer eval "$OUT/$method" --out "$OUT/$method/eval_n$N.json" \
-      eval.num_points="$N" "eval.attacks=[clean, pgd, cw, pgd_lse]" "eval.models=$aa_models" \
+  [ -f "$OUT/$method/eval_n$N.json" ] || $PY -m trainer eval "$OUT/$method" --which "$WHICH" \
+      --out "$OUT/$method/eval_n$N.json" eval.num_points="$N" "eval.attacks=[clean, pgd, cw, pgd_lse]" "eval.models=$aa_models" \
       >> "$OUT/$method.eval.log" 2>&1
-  [ -f "$OUT/$method/eval_aa$AA_N.json" ] || $PY -m trainer eval "$OUT/$method" \
+  [ -f "$OUT/$method/eval_aa$AA_N.json" ] || $PY -m trainer eval "$OUT/$method" --which "$WHICH" \
       --out "$OUT/$method/eval_aa$AA_N.json" eval.num_points="$AA_N" "eval.attacks=[clean, autoattack]" \
       "eval.models=$aa_models" >> "$OUT/$method.eval.log" 2>&1
 }

@@ -64,6 +64,8 @@ def test_trains_and_evaluates_the_three_ducat_rows_with_the_adaptive_attack(tmp_
         assert len(evals) == 2
         assert any("eval.num_points=1000" in c and "pgd_lse" in c and "eval_n1000.json" in c for c in evals)
         assert any("eval.num_points=1000" in c and "autoattack" in c and "eval_aa1000.json" in c for c in evals)
+        # DUCAT switches on in the last epoch: the best-on-validation checkpoint may predate it.
+        assert all("--which last" in c for c in evals)
     # The plain rows come from scripts/fmnist_table.sh: never trained here, listed as missing.
     assert not any("fashion_mnist_pgd_at.yaml" in c for c in calls)
     assert "| PGD-AT + DUCAT | 80.0 | 60.0 | 55.0 | 50.0 | 45.0 |" in proc.stdout
