@@ -267,7 +267,10 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
                **{f"train_{k}": v if k == SKIPPED_STEPS else v / max(count, 1) for k, v in sums.items()}, **val,
                "epoch_seconds": round(seconds, 2), "images_per_second": round(count * cfg.data.batch_size /
                                                                                 max(seconds, 1e-9), 1)}
-        improved = bool(val) and (best is None or val["val_score"] > best)
+        selectable = method.selectable_epoch(ep)
+        if selectable and best_epoch is not None and not method.selectable_epoch(best_epoch):
+            best = None  # the first epoch of a late objective (DUCAT): earlier bests trained another one
+        improved = bool(val) and selectable and (best is None or val["val_score"] > best)
         if improved:
             best, best_epoch = val["val_score"], ep
         if rank0:

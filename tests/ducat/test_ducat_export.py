@@ -148,3 +148,14 @@ def test_resume_across_the_activation_equals_a_straight_run(tmp_path, stop_at):
     for net in a:
         for key in a[net]:
             assert torch.equal(a[net][key], b[net][key]), f"{net}.{key} differs after resume"
+
+
+def test_best_checkpoint_is_never_from_before_ducat_switched_on(tmp_path):
+    # Three epochs with DUCAT from the third: however validation scores, best.pt must be the end of epoch 3.
+    run = tmp_path / "run"
+    cfg = load_config(None, [*TINY, "method.name=pgd_at", "train.epochs=3", "method.ducat.start=0.9",
+                             f"train.out_dir={run}"])
+    method_epochs = [float(r["ducat"]) for r in csv.DictReader((train(cfg).run_dir / "epochs.csv").open())]
+    assert method_epochs == [0.0, 0.0, 1.0]
+    assert load_checkpoint(run / "best.pt")["position"]["epoch"] == 4  # written after epoch 3
+

@@ -125,3 +125,11 @@ def test_ducat_step_is_deterministic_under_a_seed():
         method.train_step(*_batch())
         results.append(torch.cat([p.detach().flatten() for p in method.model.parameters()]))
     assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("name", ["pgd_at", "trades", "generalist"])
+def test_only_epochs_from_the_activation_on_may_become_best(name):
+    ducat = _method(f"method.name={name}", "train.epochs=8", "method.ducat.start=0.5")
+    assert [ducat.selectable_epoch(e) for e in range(1, 9)] == [False] * 3 + [True] * 5
+    plain = _method(f"method.name={name}", "method.ducat.enabled=false")
+    assert all(plain.selectable_epoch(e) for e in range(1, 5))

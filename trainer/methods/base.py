@@ -63,6 +63,11 @@ class Method(ABC):
     def end_epoch(self, epoch: int) -> None:
         """Hook after the last step of an epoch."""
 
+    def selectable_epoch(self, epoch: int) -> bool:
+        """Whether the model at the end of this 1-based epoch may become best.pt. True, unless the method
+        switches to another objective late in the run (DUCAT): then only epochs trained with it compete."""
+        return True
+
     def loss_scalers(self) -> dict[str, LossScaler]:
         """The fp16 loss scalers by optimiser name (their scale is training state a resume must restore)."""
         return {}

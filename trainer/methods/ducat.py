@@ -178,6 +178,13 @@ class DucatPlugin:
         """The models max-folded when DUCAT is on, unchanged otherwise."""
         return fold_models(models) if self.ducat is not None else models
 
+    def selectable_epoch(self, epoch: int) -> bool:
+        """With DUCAT on, only epochs from its activation on: an earlier best-on-validation checkpoint would be
+        a model DUCAT never trained (with late activation it often scores higher on validation right before)."""
+        if self.ducat is None:
+            return super().selectable_epoch(epoch)  # type: ignore[misc]
+        return epoch >= first_active_epoch(self.cfg.train.epochs, self.ducat.cfg)  # type: ignore[attr-defined]
+
     def ducat_start_epoch(self, epoch: int) -> dict[str, float]:
         """Switch the DUCAT loss on or off for the 1-based epoch; the flag to log (nothing when disabled)."""
         if self.ducat is None:
