@@ -6,10 +6,12 @@ y, (N, 1) labels 1..10 where 10 stands for the digit 0.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from trainer.errors import DatasetError
 
@@ -20,21 +22,63 @@ _IMAGE_SHAPE = (32, 32, 3)
 _ZERO_DIGIT_LABEL = 10
 
 
+# scipy.io.loadmat's compiled reader can crash the whole process (a segmentation fault, found by the fuzz
+# tests) on a corrupt file, so it runs in a child process. The child hands back only numeric X and y (and
+# the variable names) through an .npz read without pickle; anything else is described in a string.
+_READ_MAT_IN_CHILD = r"""
+import sys
+import numpy as np
+import scipy.io
+src, dst = sys.argv[1], sys.argv[2]
+try:
+    mat = scipy.io.loadmat(src)
+except Exception as exc:  # scipy reports truncation and corruption with many exception types
+    sys.stderr.write(f"{type(exc).__name__}: {exc}")
+    sys.exit(3)
+out = {"names": np.array(sorted(k for k in mat if not k.startswith("__")), dtype=str)}
+for key in ("X", "y"):
+    value = mat.get(key)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
+        out[key] = value
+    elif value is not None:
+        out[key + "_described"] = np.array(f"{getattr(value, 'dtype', type(value).__name__)} "
+                                           f"of shape {getattr(value, 'shape', '?')}")
+np.savez(dst, **out)
+"""
+_READ_FAILED = 3
+
+
+def read_mat_variables(path: Path) -> dict[str, np.ndarray]:
+    """The variable names ("names"), numeric X and y, or "X_described" / "y_described" for other contents."""
+    with tempfile.TemporaryDirectory(prefix="svhn-mat-") as tmp:
+        out = Path(tmp) / "variables.npz"
+        done = subprocess.run([sys.executable, "-c", _READ_MAT_IN_CHILD, str(path), str(out)],
+                              capture_output=True, text=True)
+        if done.returncode == _READ_FAILED:
+            raise DatasetError(f"{path}: truncated or not a MATLAB .mat file ({done.stderr.strip()[-400:]}); "
+                               "expected SVHN's X and y arrays")
+        if done.returncode != 0:
+            raise DatasetError(f"{path}: the MATLAB reader (scipy.io.loadmat) crashed on it (exit status "
+                               f"{done.returncode}), so the file is corrupt; expected SVHN's X and y arrays")
+        with np.load(out, allow_pickle=False) as variables:
+            return {name: variables[name] for name in variables.files}
+
+
 def load_svhn_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 32, 32, 3) uint8 and labels (N,) int64 in 0..9 of one split."""
     path = folder / SVHN_FILES[split]
     if not path.is_file():
         raise DatasetError(f"{path}: not found; expected the SVHN file {path.name} in {folder} "
                            f"(the folder should hold {EXPECTED_SVHN_FILES})")
-    try:
-        mat = scipy.io.loadmat(str(path))
-    except Exception as exc:  # scipy reports truncation and corruption with many exception types
-        raise DatasetError(f"{path}: truncated or not a MATLAB .mat file ({type(exc).__name__}: {exc}); "
-                           "expected SVHN's X and y arrays") from None
-    x, y = mat.get("X"), mat.get("y")
-    if x is None or y is None:
-        found = sorted(k for k in mat if not k.startswith("__"))
+    mat = read_mat_variables(path)
+    found = [str(name) for name in mat["names"]]
+    if "X" not in found or "y" not in found:
         raise DatasetError(f"{path}: variables {found}; expected X (32, 32, 3, N) and y (N, 1)")
+    if "X_described" in mat:
+        raise DatasetError(f"{path}: X is {mat['X_described']}; expected uint8 of shape (32, 32, 3, N)")
+    if "y_described" in mat:
+        raise DatasetError(f"{path}: y holds {mat['y_described']} values; expected numeric labels 1..10")
+    x, y = mat["X"], mat["y"]
     is_image_stack = isinstance(x, np.ndarray) and x.ndim == 4 and x.shape[:3] == _IMAGE_SHAPE
     if not (is_image_stack and x.dtype == np.uint8):
         raise DatasetError(f"{path}: X is {getattr(x, 'dtype', type(x).__name__)} of shape "
