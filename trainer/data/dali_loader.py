@@ -130,21 +130,17 @@ def _to_batch(outputs: list[dict[str, torch.Tensor]], device: torch.device) -> t
     return named["x"], named["y"].reshape(-1).to(device=device, dtype=torch.int64)
 
 
-class DaliLoader:
-    """Batches (x, y) of an `ArrayDataset` through a DALI pipeline; see the module doc and `trainer.data.backends`."""
+class _DaliBatches:
+    """What both DALI loaders share: the epoch plan over `items`, this rank's shard, the last-batch policy."""
 
     backend = "dali"
 
-    def __init__(self, dataset: ArrayDataset, batch_size: int, *, device: torch.device | str, shuffle: bool = False,
-                 padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool = False, rank: int = 0,
-                 world_size: int = 1, num_threads: int = 2, prefetch_queue_depth: int = 2) -> None:
-        self.dali = import_dali()
-        if num_threads < 1:
-            raise ConfigError(f"DALI threads {num_threads!r}: expected an integer >= 1")
-        self.layout = BatchLayout(len(dataset), batch_size, drop_last, rank, world_size)
+    def _plan_batches(self, items, batch_size: int, *, device: torch.device | str, shuffle: bool, padding: int,
+                      flip: bool, seed: int, drop_last: bool, rank: int, world_size: int, num_threads: int,
+                      prefetch_queue_depth: int) -> None:
+        self.layout = BatchLayout(len(items), batch_size, drop_last, rank, world_size)
         check_no_empty_shard(self.layout)
-        self._planner = EpochPlanner(dataset, shuffle=shuffle, padding=padding, flip=flip, seed=seed)
-        self.dataset = dataset
+        self._planner = EpochPlanner(items, shuffle=shuffle, padding=padding, flip=flip, seed=seed)
         self.device = torch.device(device)
         self.device_id = dali_device_id(self.device)
         self.padding = padding
@@ -156,6 +152,21 @@ class DaliLoader:
     def __len__(self) -> int:
         """Batches per epoch."""
         return len(self.layout)
+
+
+class DaliLoader(_DaliBatches):
+    """Batches (x, y) of an `ArrayDataset` through a DALI pipeline; see the module doc and `trainer.data.backends`."""
+
+    def __init__(self, dataset: ArrayDataset, batch_size: int, *, device: torch.device | str, shuffle: bool = False,
+                 padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool = False, rank: int = 0,
+                 world_size: int = 1, num_threads: int = 2, prefetch_queue_depth: int = 2) -> None:
+        self.dali = import_dali()
+        if num_threads < 1:
+            raise ConfigError(f"DALI threads {num_threads!r}: expected an integer >= 1")
+        self.dataset = dataset
+        self._plan_batches(dataset, batch_size, device=device, shuffle=shuffle, padding=padding, flip=flip,
+                           seed=seed, drop_last=drop_last, rank=rank, world_size=world_size,
+                           num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches start, start + 1, ... of `epoch`, exactly as a full pass would yield them."""
@@ -219,14 +230,12 @@ def image_folder_files(root: str | Path) -> tuple[list[str], np.ndarray, list[st
     return files, np.asarray(labels, dtype=np.int64), classes
 
 
-class DaliFolderLoader:
+class DaliFolderLoader(_DaliBatches):
     """Batches (x, y) decoded from an image folder by DALI, resized to `image_size` squares, then augmented.
 
     Same contract, plan, sharding and last-batch policy as `DaliLoader`. The file reader is given this
     rank's files in the epoch plan's order, so DALI never shuffles or shards on its own.
     """
-
-    backend = "dali"
 
     def __init__(self, root: str | Path, batch_size: int, *, image_size: int, device: torch.device | str,
                  shuffle: bool = False, padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool = False,
@@ -237,21 +246,10 @@ class DaliFolderLoader:
         if num_threads < 1:
             raise ConfigError(f"DALI threads {num_threads!r}: expected an integer >= 1")
         self.files, self.labels, self.classes = image_folder_files(root)
-        self.layout = BatchLayout(len(self.files), batch_size, drop_last, rank, world_size)
-        check_no_empty_shard(self.layout)
-        self._planner = EpochPlanner(self.files, shuffle=shuffle, padding=padding, flip=flip, seed=seed)
         self.image_size = image_size
-        self.device = torch.device(device)
-        self.device_id = dali_device_id(self.device)
-        self.padding = padding
-        self.augment = padding > 0 or flip
-        self.num_threads = num_threads
-        self.prefetch_queue_depth = prefetch_queue_depth
-        self.policy = last_batch_policy(self.dali, drop_last)
-
-    def __len__(self) -> int:
-        """Batches per epoch."""
-        return len(self.layout)
+        self._plan_batches(self.files, batch_size, device=device, shuffle=shuffle, padding=padding, flip=flip,
+                           seed=seed, drop_last=drop_last, rank=rank, world_size=world_size,
+                           num_threads=num_threads, prefetch_queue_depth=prefetch_queue_depth)
 
     @property
     def num_classes(self) -> int:
