@@ -1,56 +1,19 @@
-"""scripts/ducat_table.sh and scripts/print_ducat_table.py, with a stand-in interpreter instead of training.
-
-The stand-in records every `python -m trainer ...` call, marks trainings DONE and writes fixed evaluation
-JSON; anything else (the table printer) runs on the real interpreter.
-"""
+"""scripts/ducat_table.sh and scripts/print_ducat_table.py, with a stand-in interpreter instead of training."""
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.table_script_runner import ROOT, run_table_script
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "ducat_table.sh"
 sys.path.insert(0, str(ROOT / "scripts"))
 import print_ducat_table  # noqa: E402
 
 RESULT = {"clean": 0.8, "pgd20": 0.6, "cw20": 0.55, "pgd_lse20": 0.5, "autoattack": 0.45}
 
-FAKE_PY = r"""#!/usr/bin/env bash
-if [ "$1" != "-m" ] || [ "$2" != "trainer" ]; then exec "$REAL_PY" "$@"; fi
-echo "$*" >> "$CALLS"
-cmd=$3; shift 3
-out=""; dir=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --out) out=$2; shift ;;
-    --resume) dir=$2; shift ;;
-    train.out_dir=*) dir=${1#train.out_dir=} ;;
-    --*|*=*) ;;
-    *) [ -z "$dir" ] && dir=$1 ;;
-  esac
-  shift
-done
-case "$dir" in *"$FAIL_RUN") exit 3 ;; esac
-if [ "$cmd" = train ]; then mkdir -p "$dir" && touch "$dir/DONE"; fi
-if [ "$cmd" = eval ]; then echo "$RESULT_JSON" > "$out"; fi
-"""
 
-
-def run_script(tmp_path: Path, fail_run: str = "no-such-run") -> subprocess.CompletedProcess:
-    if shutil.which("bash") is None:
-        pytest.skip("needs bash")
-    fake = tmp_path / "fake_py"
-    fake.write_text(FAKE_PY)
-    fake.chmod(0o755)
-    env = {**os.environ, "PY": str(fake), "REAL_PY": sys.executable, "OUT": str(tmp_path / "table"), "N": "1000",
-           "AA_N": "1000", "CALLS": str(tmp_path / "calls.txt"), "FAIL_RUN": fail_run,
-           "RESULT_JSON": json.dumps({"models": {"global": RESULT}})}
-    return subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
+def run_script(tmp_path: Path, fail_run: str = "no-such-run"):
+    return run_table_script("ducat_table.sh", tmp_path, RESULT, fail_run)
 
 
 def test_trains_and_evaluates_the_three_ducat_rows_with_the_adaptive_attack(tmp_path):
