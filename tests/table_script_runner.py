@@ -46,4 +46,5 @@ def run_table_script(script: str, tmp_path: Path, result: dict, fail_run: str = 
     env = {**os.environ, "PY": str(fake), "REAL_PY": sys.executable, "OUT": str(tmp_path / "table"), "N": "1000",
            "AA_N": "1000", "CALLS": str(tmp_path / "calls.txt"), "FAIL_RUN": fail_run,
            "RESULT_JSON": json.dumps({"models": {"global": result}}), **env_extra}
-    return subprocess.run(["bash", str(ROOT / "scripts" / script)], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(["bash", str(ROOT / "scripts" / script)], env=env, capture_output=True, text=True,
+                          timeout=120)
