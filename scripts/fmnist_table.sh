@@ -3,7 +3,7 @@
 # (eps 0.1), same model, data, epochs and lr. Each run is trained and evaluated by scripts/table_run.sh:
 # clean / PGD-20 / CW-20 on the first N test points, AutoAttack standard on the first AA_N.
 # JOBS one-thread workers (default 2, one per core) take the runs in turn, the longest first, so no core
-# idles while another has two robust models queued. AutoAttack is the long part on a CPU (about 45 min
+# idles while another has two robust models queued. AutoAttack is the long part on a CPU (52-59 min
 # per robust model on 1000 points on one core). Finished steps are skipped: after a stop, just re-run.
 # RUNS="..." to run a subset or add runs, e.g. RUNS="natural pgd_at trades generalist pgd_at_ducat".
 set -euo pipefail
