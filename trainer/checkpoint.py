@@ -27,6 +27,7 @@ import os
 import signal
 import struct
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -96,6 +97,9 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], keep_previous: P
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file 0600 whatever the umask; give it the mode open() would have, so that a
+        # checkpoint or result is as readable by the group as any other file the user writes.
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -110,6 +114,18 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], keep_previous: P
         raise
     _crash_point("after_replace", path)
     _fsync_folder(path.parent)
+
+
+_umask_lock = threading.Lock()
+
+
+def _current_umask() -> int:
+    # POSIX offers no read-only query, so set and restore. The lock keeps our own writers apart; a file another
+    # thread creates in the instant between gets the strict 077 mask, never a looser one.
+    with _umask_lock:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: Path) -> None:

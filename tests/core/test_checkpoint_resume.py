@@ -1,6 +1,8 @@
 """Checkpoints: atomic writes, weights_only loading, clear errors; exact resume on the CPU."""
 
 import dataclasses
+import os
+import stat
 
 import pytest
 import torch
@@ -106,3 +108,18 @@ def test_atomic_write_keeps_the_previous_file_when_writing_fails(tmp_path):
         atomic_write(target, failing)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+@pytest.mark.parametrize("umask, expected_mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_write_gives_the_mode_a_plain_open_would(tmp_path, umask, expected_mode):
+    # mkstemp's temporary file is 0600; the published file must follow the umask like any other file.
+    previous = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "result.json", lambda f: f.write(b"{}"))
+        (tmp_path / "plain.json").write_bytes(b"{}")
+        umask_after = os.umask(umask)
+    finally:
+        os.umask(previous)
+    assert umask_after == umask  # reading the umask left it as it was
+    assert stat.S_IMODE((tmp_path / "result.json").stat().st_mode) == expected_mode
+    assert stat.S_IMODE((tmp_path / "plain.json").stat().st_mode) == expected_mode
