@@ -168,3 +168,59 @@ def test_two_ranks_resume_when_one_stopped_a_merge_behind(tmp_path, reference):
     assert ranks[0]["stages"] == ranks[1]["stages"]
     # No APGD-CE unit was attacked again; the later attacks have one unit each, which goes to rank 0.
     assert ranks[0]["attacked"] == ["apgd-t", "fab-t", "square"] and ranks[1]["attacked"] == []
+
+
+def test_stage_seconds_add_up_across_an_interrupted_and_a_resumed_session(tmp_path, monkeypatch):
+    # A clock that advances one tick per reading: every finished unit (and the clean pass) costs one tick, so the
+    # expected seconds are unit counts. Units: clean pass 1, APGD-CE 5, then one each (see the test above).
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(autoattack_resumable, "_clock", lambda: float(next(ticks)))
+    model, x, y = tiny_problem()
+    state_file = tmp_path / "aa_state.json"
+    real_unit = autoattack_resumable._attack_unit
+    calls = {"n": 0}
+
+    def dying_unit(*args):
+        calls["n"] += 1
+        if calls["n"] == 7:  # inside FAB-T: this session finished APGD-CE and APGD-T
+            raise KeyboardInterrupt
+        return real_unit(*args)
+
+    monkeypatch.setattr(autoattack_resumable, "_attack_unit", dying_unit)
+    with pytest.raises(KeyboardInterrupt):
+        autoattack_robust(model, x, y, state_path=state_file, **SETTINGS)
+    monkeypatch.setattr(autoattack_resumable, "_attack_unit", real_unit)
+    result = autoattack_robust(model, x, y, state_path=state_file, **SETTINGS)
+    assert result.resumed
+    assert result.stage_seconds == {"clean": 1.0, "apgd-ce": 5.0, "apgd-t": 1.0, "fab-t": 1.0, "square": 1.0}
+
+
+def test_state_file_from_before_timings_resumes_without_claiming_a_total(tmp_path):
+    model, x, y = tiny_problem(8)
+    state_file = tmp_path / "aa_state.json"
+    first = autoattack_robust(model, x, y, state_path=state_file, **SETTINGS)
+    assert first.stage_seconds is not None and "clean" in first.stage_seconds
+    legacy = json.loads(state_file.read_text())
+    del legacy["stage_seconds"]
+    state_file.write_text(json.dumps(legacy))
+    again = autoattack_robust(model, x, y, state_path=state_file, **SETTINGS)
+    assert again.resumed and torch.equal(again.robust, first.robust)
+    assert again.stage_seconds is None  # the earlier sessions' time is unknown, so none is reported
+
+
+def test_evaluation_reports_each_stage_and_the_all_sessions_total(tmp_path):
+    from trainer.config import AttackConfig, EvalConfig
+    from trainer.eval.robustness import evaluate_model
+
+    model, x, y = tiny_problem()
+    ecfg = EvalConfig(num_points=len(x), eps=EPS, attacks=("autoattack",), autoattack_resume=True)
+    result = evaluate_model(model, x, y, ecfg, AttackConfig(), BATCH, autoattack_state=tmp_path / "aa.json")
+    stages = {k.removeprefix("seconds_autoattack_") for k in result
+              if k.startswith("seconds_autoattack_") and k != "seconds_autoattack_all_sessions"}
+    assert stages == {"clean", "apgd-ce", "apgd-t", "fab-t", "square"}
+    per_stage = sum(result[f"seconds_autoattack_{s}"] for s in stages)
+    assert result["seconds_autoattack_all_sessions"] == pytest.approx(per_stage, abs=0.05)
+    # Nothing left to do on a second call: its own wall time is small, the total still covers the first one.
+    again = evaluate_model(model, x, y, ecfg, AttackConfig(), BATCH, autoattack_state=tmp_path / "aa.json")
+    assert again["seconds_autoattack_all_sessions"] == result["seconds_autoattack_all_sessions"]
+    assert again["autoattack"] == result["autoattack"]

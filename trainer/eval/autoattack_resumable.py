@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from trainer.errors import CheckpointError
 from trainer.eval.autoattack_adapter import build_autoattack
 
 STATE_FORMAT = 1
+_clock = time.perf_counter  # a name of its own so that the timing test can count ticks instead
 
 
 @dataclass
@@ -44,6 +46,10 @@ class AutoAttackState:
     units_done: list[int] = field(default_factory=list)  # this rank's finished units of the current attack
     # Robust accuracy after the clean pass and after each finished attack (AutoAttack's own breakdown).
     stage_accuracy: dict[str, float] = field(default_factory=dict)
+    # This rank's seconds in the clean pass and in each attack's finished units, summed over every session
+    # that worked on this state: a resumed evaluation's own wall time covers only its part. None for a
+    # state file written before timings were kept (its earlier sessions' time is unknown).
+    stage_seconds: dict[str, float] | None = field(default_factory=dict)
     format: int = STATE_FORMAT
 
     @property
@@ -56,6 +62,7 @@ class AutoAttackResult:
     robust: torch.Tensor  # (N,) bool on the CPU: correct after every attack
     stage_accuracy: dict[str, float]
     resumed: bool  # True when finished units were taken from a state file
+    stage_seconds: dict[str, float] | None  # AutoAttackState.stage_seconds
 
 
 def _sha256_tensors(tensors: list[tuple[str, torch.Tensor]]) -> str:
@@ -81,6 +88,7 @@ def load_state(path: Path, fingerprint: dict) -> AutoAttackState | None:
         return None
     try:
         raw = json.loads(path.read_text())
+        raw.setdefault("stage_seconds", None)  # written before timings were kept
         state = AutoAttackState(**raw)
     except (OSError, ValueError, TypeError) as exc:
         raise CheckpointError(f"AutoAttack state file {path}: unreadable ({exc}); delete it to start over") from None
@@ -177,9 +185,11 @@ def autoattack_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
     with torch.random.fork_rng(devices=devices):
         adversary = build_autoattack(model, eps=eps, norm=norm, seed=seed, version=version, device=device)
         if state is None:
+            started = _clock()
             clean = _clean_flags(model, x, y, batch_size).tolist()
             state = AutoAttackState(fingerprint, list(adversary.attacks_to_run), start_flags=clean, flags=clean,
-                                    stage_accuracy={"clean": sum(clean) / len(clean)})
+                                    stage_accuracy={"clean": sum(clean) / len(clean)},
+                                    stage_seconds={"clean": _clock() - started})
             if state_path is not None:
                 save_state(state_path, state)
         if world > 1:
@@ -194,7 +204,11 @@ def autoattack_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
                 if unit in state.units_done:
                     continue
                 idx = robust_idx[unit * batch_size:(unit + 1) * batch_size]
+                started = _clock()
                 flags[idx] = _attack_unit(adversary, attack, x[idx.to(device)], y[idx.to(device)])
+                if state.stage_seconds is not None:
+                    state.stage_seconds = {**state.stage_seconds,
+                                           attack: state.stage_seconds.get(attack, 0.0) + _clock() - started}
                 state.flags = flags.tolist()
                 state.units_done = [*state.units_done, unit]
                 if state_path is not None:
@@ -209,4 +223,6 @@ def autoattack_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
             state.start_flags, state.flags, state.units_done = merged, merged, []
             if state_path is not None:
                 save_state(state_path, state)
-    return AutoAttackResult(torch.tensor(state.flags, dtype=torch.bool), dict(state.stage_accuracy), resumed)
+    stage_seconds = dict(state.stage_seconds) if state.stage_seconds is not None else None
+    return AutoAttackResult(torch.tensor(state.flags, dtype=torch.bool), dict(state.stage_accuracy), resumed,
+                            stage_seconds)

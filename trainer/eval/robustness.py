@@ -81,6 +81,11 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eval_cfg:
             key, mask = "autoattack", outcome.robust
             result.update({f"autoattack_after_{stage}": acc for stage, acc in outcome.stage_accuracy.items()
                            if stage != "clean"})
+            if outcome.stage_seconds is not None:
+                # seconds_autoattack below is this call's wall time; after a resume these cover every session.
+                result.update({f"seconds_autoattack_{stage}": round(sec, 2)
+                               for stage, sec in outcome.stage_seconds.items()})
+                result["seconds_autoattack_all_sessions"] = round(sum(outcome.stage_seconds.values()), 2)
         else:  # validated in config; kept for direct callers
             raise ValueError(f"unknown evaluation attack {name!r}")
         result[key] = float(mask.float().mean())
