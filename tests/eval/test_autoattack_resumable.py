@@ -52,6 +52,22 @@ def test_matches_one_uninterrupted_official_run(reference):
     assert result.stage_accuracy["square"] == pytest.approx(float(reference.float().mean()))
 
 
+def stop_at_unit(monkeypatch, die_at: int):
+    """Make the die_at-th attacked unit raise KeyboardInterrupt (a stop mid-work); returns the call counter,
+    the real unit function and the dying one."""
+    real_unit = autoattack_resumable._attack_unit
+    calls = {"n": 0}
+
+    def dying_unit(*args):
+        calls["n"] += 1
+        if calls["n"] == die_at:
+            raise KeyboardInterrupt
+        return real_unit(*args)
+
+    monkeypatch.setattr(autoattack_resumable, "_attack_unit", dying_unit)
+    return calls, real_unit, dying_unit
+
+
 # 17 points are correct at first (3 are made wrong) and 4 survive APGD-CE, so the units are APGD-CE 5,
 # then APGD-T, FAB-T and Square 1 each: call 4 is inside APGD-CE, call 7 is FAB-T's, after two finished attacks.
 @pytest.mark.parametrize("die_at, attack_index, units_done", [(4, 0, 3), (7, 2, 0)], ids=["in_apgd_ce", "in_fab_t"])
@@ -59,16 +75,7 @@ def test_interrupted_run_resumes_to_the_same_flags(tmp_path, monkeypatch, refere
                                                    units_done):
     model, x, y = tiny_problem()
     state_file = tmp_path / "aa_state.json"
-    real_unit = autoattack_resumable._attack_unit
-    calls = {"n": 0}
-
-    def dying_unit(*args):
-        calls["n"] += 1
-        if calls["n"] == die_at:
-            raise KeyboardInterrupt  # the run is stopped in the middle of its work
-        return real_unit(*args)
-
-    monkeypatch.setattr(autoattack_resumable, "_attack_unit", dying_unit)
+    calls, real_unit, dying_unit = stop_at_unit(monkeypatch, die_at)
     with pytest.raises(KeyboardInterrupt):
         autoattack_robust(model, x, y, state_path=state_file, **SETTINGS)
     saved = json.loads(state_file.read_text())
@@ -177,16 +184,7 @@ def test_stage_seconds_add_up_across_an_interrupted_and_a_resumed_session(tmp_pa
     monkeypatch.setattr(autoattack_resumable, "_clock", lambda: float(next(ticks)))
     model, x, y = tiny_problem()
     state_file = tmp_path / "aa_state.json"
-    real_unit = autoattack_resumable._attack_unit
-    calls = {"n": 0}
-
-    def dying_unit(*args):
-        calls["n"] += 1
-        if calls["n"] == 7:  # inside FAB-T: this session finished APGD-CE and APGD-T
-            raise KeyboardInterrupt
-        return real_unit(*args)
-
-    monkeypatch.setattr(autoattack_resumable, "_attack_unit", dying_unit)
+    _, real_unit, _ = stop_at_unit(monkeypatch, 7)  # inside FAB-T: this session finishes APGD-CE and APGD-T
     with pytest.raises(KeyboardInterrupt):
         autoattack_robust(model, x, y, state_path=state_file, **SETTINGS)
     monkeypatch.setattr(autoattack_resumable, "_attack_unit", real_unit)
