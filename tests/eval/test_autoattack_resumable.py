@@ -129,6 +129,9 @@ def test_unreadable_state_names_the_file(tmp_path):
     state_file.write_text("{not json")
     with pytest.raises(CheckpointError, match="aa_state.json"):
         autoattack_robust(model, x, y, state_path=state_file, **SETTINGS)
+    state_file.write_text("[1, 2]")  # valid JSON, but not a state object
+    with pytest.raises(CheckpointError, match="aa_state.json"):
+        autoattack_robust(model, x, y, state_path=state_file, **SETTINGS)
 
 
 def test_global_rng_untouched():

@@ -90,7 +90,7 @@ def load_state(path: Path, fingerprint: dict) -> AutoAttackState | None:
         raw = json.loads(path.read_text())
         raw.setdefault("stage_seconds", None)  # written before timings were kept
         state = AutoAttackState(**raw)
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # AttributeError: JSON that is no object
         raise CheckpointError(f"AutoAttack state file {path}: unreadable ({exc}); delete it to start over") from None
     if state.format != STATE_FORMAT:
         raise CheckpointError(f"AutoAttack state file {path}: format {state.format}, expected {STATE_FORMAT}")
