@@ -88,9 +88,11 @@ def load_state(path: Path, fingerprint: dict) -> AutoAttackState | None:
         return None
     try:
         raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
         raw.setdefault("stage_seconds", None)  # written before timings were kept
         state = AutoAttackState(**raw)
-    except (OSError, ValueError, TypeError, AttributeError) as exc:  # AttributeError: JSON that is no object
+    except (OSError, ValueError, TypeError) as exc:
         raise CheckpointError(f"AutoAttack state file {path}: unreadable ({exc}); delete it to start over") from None
     if state.format != STATE_FORMAT:
         raise CheckpointError(f"AutoAttack state file {path}: format {state.format}, expected {STATE_FORMAT}")
