@@ -225,3 +225,16 @@ def test_evaluation_reports_each_stage_and_the_all_sessions_total(tmp_path):
     again = evaluate_model(model, x, y, ecfg, AttackConfig(), BATCH, autoattack_state=tmp_path / "aa.json")
     assert again["seconds_autoattack_all_sessions"] == result["seconds_autoattack_all_sessions"]
     assert again["autoattack"] == result["autoattack"]
+
+
+def test_apgd_version_is_standard_cut_after_apgd_t():
+    """eval.autoattack_version "apgd": standard's APGD-CE and APGD-T with standard's settings, so its stage
+    accuracies equal the standard run's first two stages and its result is standard's after APGD-T."""
+    model, x, y = tiny_problem()
+    settings = {**SETTINGS, "version": "standard"}
+    standard = autoattack_robust(model, x, y, **settings)
+    cut = autoattack_robust(model, x, y, **{**settings, "version": "apgd"})
+    assert list(cut.stage_accuracy) == ["clean", "apgd-ce", "apgd-t"]
+    for stage in ("clean", "apgd-ce", "apgd-t"):
+        assert cut.stage_accuracy[stage] == standard.stage_accuracy[stage]
+    assert cut.robust.float().mean() >= standard.robust.float().mean()

@@ -7,6 +7,9 @@ from torch import nn
 
 from trainer.errors import MissingDependencyError
 
+# The attacks of eval.autoattack_version "apgd", in standard's order.
+APGD_ATTACKS = ("apgd-ce", "apgd-t")
+
 
 def autoattack_available() -> bool:
     try:
@@ -26,7 +29,11 @@ def build_autoattack(model: nn.Module, *, eps: float, norm: str, seed: int, vers
             "pip install pyautoattack (or the project's 'eval' extra), or drop 'autoattack' from eval.attacks"
         ) from None
     aa_norm = {"linf": "Linf", "l2": "L2"}[norm]
-    adversary = AutoAttack(model, norm=aa_norm, eps=eps, version=version, device=device, seed=seed)
+    # "apgd" is not a pyautoattack version: standard's object, cut to its first two attacks (trainer/config.py).
+    official = "standard" if version == "apgd" else version
+    adversary = AutoAttack(model, norm=aa_norm, eps=eps, version=official, device=device, seed=seed)
+    if version == "apgd":
+        adversary.attacks_to_run = [a for a in adversary.attacks_to_run if a in APGD_ATTACKS]
     adversary.verbose = False
     return adversary
 
