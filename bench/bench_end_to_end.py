@@ -13,7 +13,8 @@ What runs (each on fresh networks from one seed, on the same synthetic CIFAR-sha
   autocast, channels_last, cuDNN benchmark, TF32, two streams; fused SGD; the gpu-resident loader), at
   --ratio-batch and --mfu-batch;
 - `ours_one_stream`: the same with engine.two_streams=false, at --ratio-batch (CUDA only);
-- --extra variants at --ratio-batch: `graphs` (engine.cuda_graphs) and `compile` (engine.compile).
+- --extra variants at --ratio-batch: `graphs` (engine.cuda_graphs), `compile` (engine.compile), and
+  `channels_last` / `nchw` (engine.channels_last forced on / off).
 Timing: --warmup iterations (compile, autotuning, graph capture), then --repeats windows of --iters
 iterations, each window synchronised at both ends; images/s is batch * iters / the median window. Data
 loading is inside the window (end to end). The per-phase breakdown (data, attack, robust_update,
@@ -65,7 +66,9 @@ from trainer.session import Session, open_session
 
 BENCHMARK = "end_to_end"
 TARGETS = {"speedup_vs_reference": 8.0, "mfu": 0.30, "two_stream_speedup": 1.15}
-EXTRA_VARIANTS = {"graphs": ["engine.cuda_graphs=true"], "compile": ["engine.compile=true"]}
+EXTRA_VARIANTS = {"graphs": ["engine.cuda_graphs=true"], "compile": ["engine.compile=true"],
+                  # Memory order forced either way, whatever the device's default (the CPU default was NCHW).
+                  "channels_last": ["engine.channels_last=true"], "nchw": ["engine.channels_last=false"]}
 ROW_FIELDS = ("variant", "batch_size", "status", "images_per_s", "ms_per_iter", "mfu", "window_seconds", "iters",
               "repeats", "warmup", "engine", "phases")
 
