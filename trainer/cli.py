@@ -9,8 +9,8 @@
     python -m trainer lipschitz runs/fmnist_generalist --split both --num-points 1000
     python -m trainer separation --dataset fashion-mnist --eps 0.1       # whole dataset, GPU when present
     python -m trainer report runs/table/* --out reports/table.md
-    python -m trainer profile --config configs/fashion_mnist_generalist.yaml --steps 5 --out trace.json
     python -m trainer study configs/studies/fashion_mnist.yaml           # a resumable grid with intervals
+    python -m trainer profile --config configs/fashion_mnist_generalist.yaml --steps 5 --out trace.json
 """
 
 from __future__ import annotations
@@ -168,6 +168,25 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from trainer.study import StudyRunner, load_plan, write_summary
+
+    plan = load_plan(args.plan)
+    status = 0
+    if not args.summary_only:
+        runner = StudyRunner(plan, python=args.python or sys.executable, workers=args.workers, echo=print)
+        if args.dry_run:
+            todo = runner.refresh()
+            for unit in runner.units:
+                print(f"{'run ' if unit in todo else 'done'}  {unit.label}: {' '.join(runner.command(unit))}")
+            return 0
+        status = runner.run()
+    summary = write_summary(plan)
+    print(Path(summary["written_to"][1]).read_text())
+    print("summary: " + ", ".join(summary["written_to"]))
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -254,24 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first run `sweep` on N test points for runs without a sweep file (default 0: no)")
     p.set_defaults(func=cmd_report)
 
-def cmd_study(args: argparse.Namespace) -> int:
-    from trainer.study import StudyRunner, load_plan, write_summary
-
-    plan = load_plan(args.plan)
-    status = 0
-    if not args.summary_only:
-        runner = StudyRunner(plan, python=args.python or sys.executable, workers=args.workers, echo=print)
-        if args.dry_run:
-            todo = runner.refresh()
-            for unit in runner.units:
-                print(f"{'run ' if unit in todo else 'done'}  {unit.label}: {' '.join(runner.command(unit))}")
-            return 0
-        status = runner.run()
-    summary = write_summary(plan)
-    print(Path(summary["written_to"][1]).read_text())
-    print("summary: " + ", ".join(summary["written_to"]))
-    return status
-
+    p = sub.add_parser("study", help="train and evaluate a declared grid (configs/studies/*.yaml) with one-thread "
+                                     "workers, skipping finished units; then write the summary with intervals")
+    p.add_argument("plan", help="study plan YAML (trainer/study/plan.py documents its fields)")
+    p.add_argument("--workers", type=int, help="processes side by side (default: the plan's workers)")
+    p.add_argument("--dry-run", action="store_true", help="print each unit, done or to run, and its command")
+    p.add_argument("--summary-only", action="store_true", help="only (re)write the summary from the results")
+    p.add_argument("--python", help="interpreter for the units (default: this one)")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("profile", help="torch.profiler trace (Chrome JSON) of N training iterations, ranges per "
                                        "phase (data, attack, robust_update, natural_update, averaging)")
@@ -307,12 +316,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-    p = sub.add_parser("study", help="train and evaluate a declared grid (configs/studies/*.yaml) with one-thread "
-                                     "workers, skipping finished units; then write the summary with intervals")
-    p.add_argument("plan", help="study plan YAML (trainer/study/plan.py documents its fields)")
-    p.add_argument("--workers", type=int, help="processes side by side (default: the plan's workers)")
-    p.add_argument("--dry-run", action="store_true", help="print each unit, done or to run, and its command")
-    p.add_argument("--summary-only", action="store_true", help="only (re)write the summary from the results")
-    p.add_argument("--python", help="interpreter for the units (default: this one)")
-    p.set_defaults(func=cmd_study)
-
