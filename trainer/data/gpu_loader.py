@@ -16,6 +16,27 @@ from trainer.data.augment import crop_and_flip
 from trainer.data.batch_layout import BatchLayout, EpochPlanner
 from trainer.data.dataset import ArrayDataset
 
+# Per device: pixel byte b -> b / 255 in fp32 (256 values), computed once on the CPU.
+_UNIT_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+def unit_table(device: torch.device | str) -> torch.Tensor:
+    """(256,) fp32 on `device`: entry b is the correctly rounded b / 255.
+
+    Divided on the CPU, which divides exactly; CUDA's division by a Python scalar multiplies by the
+    reciprocal instead, which rounds 126 of the 256 byte values differently. A lookup is exact on both.
+    """
+    device = torch.device(device)
+    table = _UNIT_TABLES.get(device)
+    if table is None:
+        table = _UNIT_TABLES[device] = (torch.arange(256, dtype=torch.float32) / 255.0).to(device)
+    return table
+
+
+def bytes_to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (any shape, any strides) -> contiguous fp32 in [0, 1], bit for bit the CPU's images / 255."""
+    return unit_table(images.device)[images.to(torch.int32, memory_format=torch.contiguous_format)]
+
 
 class GpuLoader:
     """Batches (x, y) on `device`: x float32 (B, C, H, W) in [0, 1], y int64 (B,); see `trainer.data.backends`."""
@@ -62,5 +83,4 @@ class GpuLoader:
             images = self.images[indices].permute(0, 3, 1, 2)
             if self.augment:
                 images = crop_and_flip(images, offsets[span], flips[span], self.padding)
-            x = images.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
-            yield x, self.labels[indices]
+            yield bytes_to_unit(images), self.labels[indices]

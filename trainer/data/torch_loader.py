@@ -19,6 +19,7 @@ from trainer.data.augment import crop_and_flip
 from trainer.data.batch_layout import BatchLayout, EpochPlanner
 from trainer.data.cpu_loader import EpochPlan
 from trainer.data.dataset import ArrayDataset
+from trainer.data.gpu_loader import bytes_to_unit
 from trainer.errors import ConfigError
 
 # A sample is addressed by (epoch, position in that epoch's order).
@@ -55,8 +56,7 @@ class PlannedImages(Dataset):
             offset = torch.from_numpy(plan.offsets[position:position + 1])
             flip = torch.from_numpy(plan.flips[position:position + 1])
             image = crop_and_flip(image[None], offset, flip, self.padding)[0]
-        x = image.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
-        return x, torch.tensor(int(self.dataset.labels[index]), dtype=torch.int64)
+        return bytes_to_unit(image), torch.tensor(int(self.dataset.labels[index]), dtype=torch.int64)
 
 
 class StackSamples:
