@@ -5,9 +5,13 @@ command, the end-to-end benchmark), from the resolved engine, and printed, never
 default happens to be in the installed torch version:
 - cudnn.benchmark times the candidate convolution algorithms for each new input shape and keeps the fastest
   (the training step's shapes are static, so it pays once); it is off under train.deterministic.
-- TF32 runs fp32 matmuls and convolutions on tensor cores with a 10-bit mantissa. Set explicitly, both for
-  matmuls and cuDNN convolutions, through torch's `fp32_precision` switches when they exist (torch >= 2.9;
-  mixing them with the legacy `allow_tf32` flags is an error there), else through the legacy flags.
+- TF32 runs fp32 matmuls and convolutions on tensor cores with a 10-bit mantissa. Set explicitly, for cuBLAS
+  matmuls and every cuDNN operator alike, through ONE API family: the `allow_tf32` flags. torch >= 2.9 also has
+  per-operator `fp32_precision` switches, but mixing the families is an error when the other one is read: set
+  through `fp32_precision`, torch.compile's inductor (torch 2.10 / 2.11, which still reads `allow_tf32`) fails to
+  lower a matmul, and a cuDNN conv switch that disagrees with the cuDNN RNN switch makes `cudnn.allow_tf32`
+  unreadable. The legacy setters write both families consistently (conv and RNN together), so either can be
+  read afterwards; they exist in every torch this project supports.
 """
 
 from __future__ import annotations
@@ -17,40 +21,23 @@ import torch
 from trainer.engine.settings import EngineSettings
 
 
-def _has_fp32_precision_api() -> bool:
-    return hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(torch.backends.cudnn, "conv")
-
-
 def backend_state() -> dict[str, object]:
     """The current values of every switch set here (to report them, or to restore them in tests)."""
-    state: dict[str, object] = {"cudnn_benchmark": torch.backends.cudnn.benchmark}
-    if _has_fp32_precision_api():
-        state["matmul_fp32_precision"] = torch.backends.cuda.matmul.fp32_precision
-        state["conv_fp32_precision"] = torch.backends.cudnn.conv.fp32_precision
-    else:
-        state["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
-        state["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
-    return state
+    return {"cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32}
 
 
 def restore_backend_state(state: dict[str, object]) -> None:
     torch.backends.cudnn.benchmark = bool(state["cudnn_benchmark"])
-    if "matmul_fp32_precision" in state:
-        torch.backends.cuda.matmul.fp32_precision = state["matmul_fp32_precision"]
-        torch.backends.cudnn.conv.fp32_precision = state["conv_fp32_precision"]
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = bool(state["matmul_allow_tf32"])
-        torch.backends.cudnn.allow_tf32 = bool(state["cudnn_allow_tf32"])
+    torch.backends.cuda.matmul.allow_tf32 = bool(state["matmul_allow_tf32"])
+    torch.backends.cudnn.allow_tf32 = bool(state["cudnn_allow_tf32"])
 
 
 def apply_backend_policy(settings: EngineSettings) -> dict[str, object]:
     """Set cudnn.benchmark and the TF32 policy from `settings`; returns the resulting switches."""
     torch.backends.cudnn.benchmark = settings.cudnn_benchmark
-    if _has_fp32_precision_api():
-        precision = "tf32" if settings.tf32 else "ieee"
-        torch.backends.cuda.matmul.fp32_precision = precision
-        torch.backends.cudnn.conv.fp32_precision = precision
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = settings.tf32
-        torch.backends.cudnn.allow_tf32 = settings.tf32
+    # Matmuls and convolutions agree: both TF32 or both IEEE fp32.
+    torch.backends.cuda.matmul.allow_tf32 = settings.tf32
+    torch.backends.cudnn.allow_tf32 = settings.tf32
     return backend_state()

@@ -1,0 +1,54 @@
+"""The TF32 policy is set through one API family, so that every reader (inductor, cuDNN) sees one consistent state."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from tests.engine.helpers import tiny_config
+from trainer.engine import apply_backend_policy, backend_state, resolve_engine, restore_backend_state
+
+
+@pytest.fixture
+def saved_backends():
+    state = backend_state()
+    yield
+    restore_backend_state(state)
+
+
+def _settings(tf32: bool):
+    return dataclasses.replace(resolve_engine(tiny_config(), torch.device("cpu")), tf32=tf32)
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_both_api_families_read_the_policy_after_it_is_applied(saved_backends, tf32):
+    """Set through `fp32_precision`, reading `allow_tf32` afterwards raises (what inductor does on torch 2.10 /
+    2.11 when it lowers a matmul); set through `allow_tf32`, both families agree, matmul and convolution alike."""
+    state = apply_backend_policy(_settings(tf32))
+    assert state == {"cudnn_benchmark": False, "matmul_allow_tf32": tf32, "cudnn_allow_tf32": tf32}
+    # The legacy getters: they raise when the families were mixed.
+    assert torch.backends.cuda.matmul.allow_tf32 is tf32
+    assert torch.backends.cudnn.allow_tf32 is tf32
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        assert torch.backends.cuda.matmul.fp32_precision == ("tf32" if tf32 else "ieee")
+        # cuDNN conv and RNN agree (a disagreement makes `cudnn.allow_tf32` unreadable).
+        assert torch.backends.cudnn.conv.fp32_precision == torch.backends.cudnn.rnn.fp32_precision
+    assert torch.get_float32_matmul_precision() == ("high" if tf32 else "highest")
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch < 2.9")
+def test_applying_the_policy_repairs_a_state_mixed_by_someone_else(saved_backends):
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    with pytest.raises(RuntimeError, match="mix of the legacy and new APIs"):
+        torch.backends.cuda.matmul.allow_tf32  # noqa: B018 (the read is the test)
+    apply_backend_policy(_settings(False))
+    assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
+
+
+def test_restore_puts_back_what_backend_state_read(saved_backends):
+    before = backend_state()
+    apply_backend_policy(_settings(not before["matmul_allow_tf32"]))
+    assert backend_state() != before
+    restore_backend_state(before)
+    assert backend_state() == before
