@@ -227,3 +227,49 @@ def test_summary_json_is_written_from_results(study):
     assert data["methods"]["pgd_at"]["columns"]["clean"]["mean"] == pytest.approx(80.0)
     assert data["methods"]["trades"]["vs_baseline"]["clean"]["mean"] == pytest.approx(0.0)
     assert summary["methods"]["trades"]["columns"]["val_pgd10"]["mean"] == pytest.approx(50.0)
+
+
+BEST_EVAL = "  - {name: test_best, which: best, same_as: test, overrides: [eval.num_points=10]}\n"
+BEST_PLAN = PLAN.replace("  - {name: aa, which: last", BEST_EVAL + "  - {name: aa, which: last")
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_best_equal_to_last_reuses_the_last_checkpoints_results(study, monkeypatch, same):
+    root, run = study
+    (root / "plan.yaml").write_text(BEST_PLAN)
+    monkeypatch.setattr("trainer.study.runner.same_networks", lambda a, b: same)
+    status, calls = run()
+    assert status == 0
+    best_calls = [c for c in calls if "eval_test_best.json" in c]
+    assert len(best_calls) == (0 if same else 3)
+    report = json.loads((root / "results/study/pgd_at_s0/eval_test_best.json").read_text())
+    assert report["models"]["model"]["clean"] == 0.8
+    assert ("same_networks_as" in report) == same
+
+
+def test_same_as_must_name_an_earlier_last_evaluation_with_the_same_overrides(tmp_path):
+    bad = BEST_PLAN.replace("same_as: test, overrides: [eval.num_points=10]", "same_as: test, overrides: []")
+    (tmp_path / "plan.yaml").write_text(bad)
+    with pytest.raises(ConfigError, match=r"evaluations\[1\].same_as"):
+        load_plan(tmp_path / "plan.yaml")
+
+
+def test_same_networks_compares_checkpoints_exactly(tmp_path):
+    import torch
+
+    from tests.core.test_checkpoint_resume import tiny_config
+    from trainer.checkpoint import load_checkpoint, save_checkpoint
+    from trainer.study.runner import same_networks
+    from trainer.training import train
+
+    result = train(tiny_config(tmp_path, "train.epochs=1"))
+    last = result.run_dir / "last.pt"
+    state = load_checkpoint(last)
+    save_checkpoint(tmp_path / "copy.pt", state)
+    assert same_networks(last, tmp_path / "copy.pt")
+    name, net = next(iter(state["networks"].items()))
+    key = next(k for k, v in net.items() if v.is_floating_point())
+    net[key] = net[key] + torch.finfo(net[key].dtype).eps * net[key].abs().max()  # one ulp-sized change
+    save_checkpoint(tmp_path / "changed.pt", state)
+    assert not same_networks(last, tmp_path / "changed.pt")
+    assert not same_networks(last, tmp_path / "missing.pt")

@@ -52,6 +52,9 @@ class EvalSpec:
     runs: tuple[str, ...] = ()
     # Per run name, more overrides (e.g. Generalist: "eval.models=[global]").
     run_overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # which=best only: the name of an evaluation of the last checkpoint with the same settings; when best.pt and
+    # last.pt hold the same networks (the last epoch was the best), its results are reused instead of recomputed.
+    same_as: str | None = None
 
     def applies_to(self, run: str, seed: int) -> bool:
         return (not self.seeds or seed in self.seeds) and (not self.runs or run in self.runs)
@@ -159,10 +162,16 @@ def load_plan(path: str | Path) -> StudyPlan:
     evals = []
     for i, item in enumerate(top.get("evaluations") or []):
         e = _mapping(path, f"evaluations[{i}]", item, {"name", "which", "overrides", "seeds", "runs",
-                                                      "run_overrides"})
+                                                      "run_overrides", "same_as"})
         which = e.get("which", "last")
         if which not in WHICH:
             raise _fail(path, f"evaluations[{i}].which", which, f"one of {WHICH}")
+        same_as = e.get("same_as")
+        earlier = {x.name: x for x in evals}
+        if same_as is not None and (which != "best" or same_as not in earlier or earlier[same_as].which != "last"
+                                    or earlier[same_as].overrides != tuple(e.get("overrides") or ())):
+            raise _fail(path, f"evaluations[{i}].same_as", same_as, "with which: best, the name of an earlier "
+                        "evaluation of the last checkpoint with the same overrides")
         per_run = e.get("run_overrides") or {}
         if not isinstance(per_run, dict) or not set(per_run) <= set(names):
             raise _fail(path, f"evaluations[{i}].run_overrides", per_run, f"a mapping from run names {names}")
@@ -171,7 +180,7 @@ def load_plan(path: str | Path) -> StudyPlan:
                               _ints(path, f"evaluations[{i}].seeds", e.get("seeds"), ()),
                               _strings(path, f"evaluations[{i}].runs", e.get("runs")),
                               {k: _strings(path, f"evaluations[{i}].run_overrides.{k}", v)
-                               for k, v in per_run.items()}))
+                               for k, v in per_run.items()}, same_as))
     summary = _summary(path, top.get("summary") or {}, names, {e.name for e in evals})
     for key in ("workers", "threads"):
         value = top.get(key, 1 if key == "threads" else 2)

@@ -82,9 +82,12 @@ class StudyRunner:
         units: list[Unit] = []
         for spec, seed, run in self.plan.run_names():
             training = Unit("train", run, spec, seed)
-            evals = [Unit("eval", run, spec, seed, e, [training]) for e in self.plan.evaluations
-                     if e.applies_to(spec.name, seed)]
-            units += [training, *evals]
+            evals = {e.name: Unit("eval", run, spec, seed, e, [training]) for e in self.plan.evaluations
+                     if e.applies_to(spec.name, seed)}
+            for unit in evals.values():
+                if unit.evaluation.same_as in evals:
+                    unit.needs.append(evals[unit.evaluation.same_as])
+            units += [training, *evals.values()]
         # Every training first (grid order), then the evaluations in the plan's order (the cheap ones first, the
         # standard AutoAttack last), so the core figures exist before the expensive extras start.
         order = {e.name: i for i, e in enumerate(self.plan.evaluations)}
@@ -155,6 +158,20 @@ class StudyRunner:
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (result_dir / TRAINED).write_text(json.dumps(marker, indent=1) + "\n")
 
+    def _reuse_last(self, unit: Unit) -> bool:
+        """An evaluation of best.pt whose networks equal last.pt's: copy the last checkpoint's results."""
+        same_as = unit.evaluation.same_as if unit.evaluation else None
+        if same_as is None:
+            return False
+        run_dir = self.run_dir(unit.run)
+        if not same_networks(run_dir / "best.pt", run_dir / "last.pt"):
+            return False
+        source = self.result_dir(unit.run) / f"eval_{same_as}.json"
+        report = json.loads(source.read_text())
+        report.update({"same_networks_as": same_as, "checkpoint": str(run_dir / "best.pt")})
+        self.eval_json(unit).write_text(json.dumps(report, indent=2))
+        return True
+
     # --- the pool ----------------------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -172,6 +189,11 @@ class StudyRunner:
                          and all(n.status in ("done", "ok") for n in u.needs)]
                 while ready and len(running) < self.workers:
                     unit = ready.pop(0)
+                    if self._reuse_last(unit):
+                        self.echo(f"    ok {unit.label}: best.pt holds the networks of last.pt, results of "
+                                  f"{unit.evaluation.same_as} reused")
+                        unit.status = "ok"
+                        continue
                     unit.status = "running"
                     proc = self._start(unit)
                     running[proc.pid] = (unit, proc, time.monotonic())
@@ -220,3 +242,21 @@ def git_commit(root: Path) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def same_networks(a: Path, b: Path) -> bool:
+    """Whether two checkpoints hold bit-identical networks (parameters and buffers)."""
+    import torch
+
+    from trainer.checkpoint import load_checkpoint
+
+    if not (a.is_file() and b.is_file()):
+        return False
+    first, second = load_checkpoint(a)["networks"], load_checkpoint(b)["networks"]
+    if first.keys() != second.keys():
+        return False
+    for name in first:
+        x, y = first[name], second[name]
+        if x.keys() != y.keys() or not all(torch.equal(x[k], y[k]) for k in x):
+            return False
+    return True
