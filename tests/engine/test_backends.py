@@ -1,6 +1,7 @@
 """The TF32 policy is set through one API family, so that every reader (inductor, cuDNN) sees one consistent state."""
 
 import dataclasses
+import inspect
 
 import pytest
 import torch
@@ -52,3 +53,26 @@ def test_restore_puts_back_what_backend_state_read(saved_backends):
     assert backend_state() != before
     restore_backend_state(before)
     assert backend_state() == before
+
+
+def test_the_gpu_equality_tests_run_with_deterministic_cudnn():
+    """Each GPU test that compares two runs of the same arithmetic asks for deterministic cuDNN (tests/engine/
+    conftest.py), so a difference it finds is the engine's, not cuDNN's choice of a non-deterministic algorithm."""
+    from tests.engine import test_compile, test_cuda_graphs, test_streams
+
+    for test in (test_streams.test_two_streams_equal_one_stream_on_cuda,
+                 test_cuda_graphs.test_captured_step_equals_eager_on_cuda,
+                 test_compile.test_compiled_steps_equal_eager_steps_on_cuda):
+        assert "deterministic_cudnn" in inspect.signature(test).parameters, test.__name__
+
+
+def test_deterministic_cudnn_fixture_sets_and_restores_the_flags():
+    from tests.engine.conftest import deterministic_cudnn
+
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    fixture = deterministic_cudnn.__wrapped__()
+    next(fixture)
+    assert torch.backends.cudnn.deterministic is True and torch.backends.cudnn.benchmark is False
+    with pytest.raises(StopIteration):
+        next(fixture)
+    assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == before

@@ -62,7 +62,7 @@ def test_compiled_steps_equal_eager_steps_on_the_cpu(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_compiled_steps_equal_eager_steps_on_cuda():
+def test_compiled_steps_equal_eager_steps_on_cuda(deterministic_cudnn):
     # fp32 without TF32: under bf16 a last-bit difference can flip the sign of an input-gradient entry, and the
     # attack then moves that pixel the other way, so bf16 steps are not comparable entry by entry.
     common = ["model.dropout=0", "engine.precision=fp32", "engine.tf32=false", "engine.cudnn_benchmark=false",

@@ -75,7 +75,7 @@ def _run(method: str, graphs: bool, batches: list[tuple[torch.Tensor, torch.Tens
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("method", ["pgd_at", "generalist"])
-def test_captured_step_equals_eager_on_cuda(method):
+def test_captured_step_equals_eager_on_cuda(method, deterministic_cudnn):
     batches = [tiny_batch(seed=s, device="cuda") for s in range(6)]
     batches.append(tiny_batch(n=5, seed=9, device="cuda"))  # a partial batch: the eager fallback
     batches.append(tiny_batch(seed=10, device="cuda"))  # and a replay after it

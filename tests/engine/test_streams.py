@@ -101,7 +101,7 @@ def test_two_streams_need_cuda():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_two_streams_equal_one_stream_on_cuda(precision):
+def test_two_streams_equal_one_stream_on_cuda(precision, deterministic_cudnn):
     common = [*RANDOM, f"engine.precision={precision}", "engine.tf32=false", "engine.cudnn_benchmark=false"]
     one = tiny_method(*common, "engine.two_streams=false", device="cuda")
     two = tiny_method(*common, "engine.two_streams=true", device="cuda")
