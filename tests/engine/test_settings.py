@@ -11,10 +11,10 @@ from trainer.errors import ConfigError
 from .helpers import tiny_config, tiny_method
 
 
-def test_defaults_on_the_cpu_are_plain_fp32_single_stream():
+def test_defaults_on_the_cpu_are_fp32_single_stream_channels_last():
     s = resolve_engine(tiny_config(), torch.device("cpu"))
     assert (s.precision, s.eval_precision, s.channels_last, s.cudnn_benchmark, s.two_streams, s.cuda_graphs,
-            s.compile, s.optimizer_impl) == ("fp32", "fp32", False, False, False, False, False, "torch")
+            s.compile, s.optimizer_impl) == ("fp32", "fp32", True, False, False, False, False, "torch")
     assert s.tf32 is True and s.autocast_dtype is None and not s.loss_scaling
 
 

@@ -110,7 +110,10 @@ def resolve_engine(cfg: RunConfig, device: torch.device, *, distributed: bool = 
         if cuda and generalist and distributed:
             notes.append("auto two_streams: off under torchrun (the overlap with DDP's all-reduce is unmeasured)")
 
-    channels_last = cuda if en.channels_last is None else en.channels_last
+    # On for both devices: on the CPU too, NHWC convolutions and max-pooling beat NCHW (the Generalist step of
+    # the small CNN 1.17-1.25x, bench/results/2026-12-02-cpu-amd-epyc-end-to-end-smoke.json). A network with no
+    # 4-D tensors is unaffected (only 4-D weights and batches change layout).
+    channels_last = True if en.channels_last is None else en.channels_last
     cudnn_benchmark = (cuda and not cfg.train.deterministic) if en.cudnn_benchmark is None else en.cudnn_benchmark
     return EngineSettings(
         device=device, precision=precision, eval_precision=en.eval_precision, channels_last=channels_last,
