@@ -100,7 +100,8 @@ class ExpertStreams:
             robust_out = robust()
             return robust_out, natural()
         main = torch.cuda.current_stream(self.device)
-        capturing = main.is_capturing()
+        # Not `main.is_capturing()`: torch.cuda.Stream has no such method in torch 2.11 (the GPU image's).
+        capturing = torch.cuda.is_current_stream_capturing()
         forked = torch.cuda.Event()
         forked.record(main)
         self.side.wait_event(forked)
