@@ -220,6 +220,8 @@ class EvalConfig:
     seed: int = 0
     # Which of the method's models to evaluate (Generalist: global, robust, natural); empty: all of them.
     models: tuple[str, ...] = ()
+    # A bar per attack stage on stderr (on a terminal; otherwise a line every 30 s): trainer/eval/progress.py.
+    progress: bool = True
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ from trainer.distributed import (
 )
 from trainer.errors import ConfigError
 from trainer.eval import evaluate_models
-from trainer.metrics import table
+from trainer.eval.progress import EvalProgress
+from trainer.eval.robustness import SAME_WEIGHTS, copy_to_duplicates, same_weights
+from trainer.metrics import format_percent, table
 from trainer.session import dataset_tensors, model_metadata, session_from_checkpoint
 
 # What `evaluate_checkpoint` can attack: the test set, or the run's own training images (without augmentation),
@@ -43,9 +45,14 @@ def default_eval_path(checkpoint: Path, split: str = "test") -> Path:
 
 
 def evaluate_checkpoint(run_or_file: str | Path, *, which: str = "best", eval_cfg: EvalConfig | None = None,
-                        device: str | None = None, out: Path | None = None, split: str = "test") -> dict:
+                        device: str | None = None, out: Path | None = None, split: str = "test",
+                        progress: bool | None = None) -> dict:
     """Evaluate every model of a checkpoint (Generalist: global, robust, natural) on the first
     eval.num_points points of `split` (the test set by default; "train": the run's training images).
+
+    Models with the same weights as an earlier one (after a Generalist sync: all three) are attacked once
+    and marked `"same_weights_as": <that model>`. `progress`: a bar per attack stage on stderr
+    (trainer/eval/progress.py; rank 0 only); None follows eval.progress.
 
     Before attacking, the model sanity checks run on the first SANITY_POINTS points, and after it the
     result checks on each model's accuracies; what fires is stored under "sanity" in the JSON and
@@ -76,13 +83,14 @@ def evaluate_checkpoint(run_or_file: str | Path, *, which: str = "best", eval_cf
         name: model_checks(model, x[:SANITY_POINTS], y[:SANITY_POINTS]) for name, model in models.items()}
     # AutoAttack progress lives beside the results (eval_x.autoattack-<model>.json) so a stop resumes.
     state_prefix = out.with_suffix("") if ecfg.autoattack_resume else None
+    reporter = EvalProgress(ecfg.progress if progress is None else progress)
     start = time.perf_counter()
     if is_distributed():
         results = evaluate_across_ranks(models, x, y, ecfg, cfg.attack, cfg.data.eval_batch_size,
-                                        state_prefix=state_prefix)
+                                        state_prefix=state_prefix, progress=reporter)
     else:
         results = evaluate_models(models, x, y, ecfg, cfg.attack, cfg.data.eval_batch_size,
-                                  state_prefix=state_prefix)
+                                  state_prefix=state_prefix, progress=reporter)
     for name, res in results.items():
         sanity[name] += result_checks(res)
     report = {
@@ -105,20 +113,25 @@ def evaluate_checkpoint(run_or_file: str | Path, *, which: str = "best", eval_cf
     }
     if is_rank0():
         atomic_write(out, lambda f: f.write(json.dumps(report, indent=2).encode()))
-        warn_findings([f for findings in sanity.values() for f in findings])
+        # A model with an earlier one's weights has that model's findings: warn once.
+        warn_findings([f for name, findings in sanity.items() for f in findings
+                       if SAME_WEIGHTS not in results[name]])
     report["written_to"] = str(out)
     return report
 
 
 def evaluate_across_ranks(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor, ecfg: EvalConfig,
-                          attack_cfg: AttackConfig, batch_size: int, *, state_prefix: Path | None) -> dict:
+                          attack_cfg: AttackConfig, batch_size: int, *, state_prefix: Path | None,
+                          progress: EvalProgress | None = None) -> dict:
     """`evaluate_models` under torchrun: every rank returns the accuracies over all of x.
 
     Clean, PGD and CW judge each point on its own, so rank r attacks only its contiguous share
     [r n / W, (r + 1) n / W) and the correct counts are summed. AutoAttack shards itself (its units go
     round-robin to the ranks, whose flags are merged after each attack: trainer/eval/autoattack_resumable.py),
     so it is given every point. The attack noise of a share differs from the single-process run's, so the
-    numbers agree with it statistically, not bit for bit. Seconds are the slowest rank's.
+    numbers agree with it statistically, not bit for bit. Seconds are the slowest rank's. Models with an
+    earlier one's weights are found once (every rank holds the same weights, so all agree) and not attacked.
+    Progress bars (rank 0's) count rank 0's share of the points.
     """
     total = len(x)
     if total < world_size():
@@ -126,17 +139,24 @@ def evaluate_across_ranks(models: dict[str, torch.nn.Module], x: torch.Tensor, y
                           f"shared by the {world_size()} processes of this torchrun launch; use at least "
                           f"{world_size()}")
     start, stop = shard_bounds(total)
-    results: dict[str, dict[str, float]] = {name: {} for name in models}
+    duplicates = same_weights(models)
+    unique = {name: model for name, model in models.items() if name not in duplicates}
+    for name, original in duplicates.items():
+        if progress is not None:
+            progress.note(f"{name}: same weights as {original}, evaluated once")
+    results: dict[str, dict[str, float]] = {name: {} for name in unique}
     for attack in ecfg.attacks:  # one attack at a time keeps the configured order of the keys
         one = dataclasses.replace(ecfg, attacks=(attack,))
         if attack == "autoattack":
-            part = evaluate_models(models, x, y, one, attack_cfg, batch_size, state_prefix=state_prefix)
+            part = evaluate_models(unique, x, y, one, attack_cfg, batch_size, state_prefix=state_prefix,
+                                   progress=progress, dedupe=False)
         else:
-            local = evaluate_models(models, x[start:stop], y[start:stop], one, attack_cfg, batch_size)
+            local = evaluate_models(unique, x[start:stop], y[start:stop], one, attack_cfg, batch_size,
+                                    progress=progress, dedupe=False)
             part = _combine_shares(local, stop - start, total)
-        for name in models:
+        for name in unique:
             results[name].update(part[name])
-    return results
+    return copy_to_duplicates(results, list(models), duplicates)
 
 
 def _combine_shares(local: dict[str, dict[str, float]], count: int, total: int) -> dict[str, dict[str, float]]:
@@ -155,11 +175,16 @@ def _combine_shares(local: dict[str, dict[str, float]], count: int, total: int) 
 
 
 def results_table(report: dict) -> str:
+    """The console table: accuracies in % with one decimal, one row per model; a model with an earlier one's
+    weights says so in a last column."""
     rows = []
     for name, res in report["models"].items():
         row = {"model": name}
-        row.update({k: 100.0 * v for k, v in res.items() if not k.startswith("seconds_")})
+        row.update({k: format_percent(v) for k, v in res.items() if not k.startswith("seconds_") and k != SAME_WEIGHTS})
         rows.append(row)
+    if any(SAME_WEIGHTS in res for res in report["models"].values()):
+        for row, res in zip(rows, report["models"].values()):
+            row["note"] = f"same weights as {res[SAME_WEIGHTS]}" if SAME_WEIGHTS in res else ""
     header = (f"{report['method']} on {report['dataset']} {report.get('split', 'test')}, {report['num_points']} "
               f"points, {report['norm']} eps {report['eps']:.4g} (accuracy %)")
     return header + "\n" + table(rows)

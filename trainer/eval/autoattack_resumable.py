@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from torch import nn
 from trainer.checkpoint import atomic_write, unwrap
 from trainer.errors import CheckpointError
 from trainer.eval.autoattack_adapter import build_autoattack
+from trainer.eval.progress import EvalProgress
 
 STATE_FORMAT = 1
 _clock = time.perf_counter  # a name of its own so that the timing test can count ticks instead
@@ -161,19 +161,27 @@ def _attack_unit(adversary, attack: str, x: torch.Tensor, y: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def _clean_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch_size]).argmax(1).eq(y[i:i + batch_size]).cpu()
-                      for i in range(0, len(x), batch_size)])
+def _clean_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                 progress: EvalProgress) -> torch.Tensor:
+    flags, correct = [], 0
+    with progress.stage("autoattack clean", len(x), counted="correct") as bar:
+        for i in range(0, len(x), batch_size):
+            flags.append(model(x[i:i + batch_size]).argmax(1).eq(y[i:i + batch_size]).cpu())
+            correct += int(flags[-1].sum())
+            bar.update(len(flags[-1]), correct)
+    return torch.cat(flags)
 
 
 def autoattack_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
                       version: str, seed: int, batch_size: int, state_path: Path | None = None,
-                      progress: Callable[[str], None] | None = None) -> AutoAttackResult:
+                      progress: EvalProgress | None = None) -> AutoAttackResult:
     """Per-point robustness under AutoAttack, resumable through `state_path` and sharded across ranks.
 
     The model must already be in eval mode. The caller's global RNG state is left untouched (the
-    attacks seed the global generators themselves, so they run inside a forked RNG).
+    attacks seed the global generators themselves, so they run inside a forked RNG). `progress`: a bar
+    per stage (trainer/eval/progress.py); a resumed attack's bar starts at the points already done.
     """
+    progress = progress if progress is not None else EvalProgress(False)
     rank, world = _rank_and_world()
     device = x.device
     comm_device = device if (world > 1 and dist.get_backend() == "nccl") else torch.device("cpu")
@@ -188,7 +196,7 @@ def autoattack_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
         adversary = build_autoattack(model, eps=eps, norm=norm, seed=seed, version=version, device=device)
         if state is None:
             started = _clock()
-            clean = _clean_flags(model, x, y, batch_size).tolist()
+            clean = _clean_flags(model, x, y, batch_size, progress).tolist()
             state = AutoAttackState(fingerprint, list(adversary.attacks_to_run), start_flags=clean, flags=clean,
                                     stage_accuracy={"clean": sum(clean) / len(clean)},
                                     stage_seconds={"clean": _clock() - started})
@@ -202,21 +210,25 @@ def autoattack_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
             flags = torch.tensor(state.flags, dtype=torch.bool)
             robust_idx = start.nonzero().flatten()
             n_units = math.ceil(len(robust_idx) / batch_size)
-            for unit in range(rank, n_units, world):
-                if unit in state.units_done:
-                    continue
-                idx = robust_idx[unit * batch_size:(unit + 1) * batch_size]
-                started = _clock()
-                flags[idx] = _attack_unit(adversary, attack, x[idx.to(device)], y[idx.to(device)])
-                if state.stage_seconds is not None:
-                    state.stage_seconds = {**state.stage_seconds,
-                                           attack: state.stage_seconds.get(attack, 0.0) + _clock() - started}
-                state.flags = flags.tolist()
-                state.units_done = [*state.units_done, unit]
-                if state_path is not None:
-                    save_state(state_path, state)
-                if progress is not None:
-                    progress(f"{attack}: unit {unit + 1}/{n_units} done, robust {int(flags.sum())}/{len(flags)}")
+            # This rank's units and their sizes (the last unit may be short); under torchrun the bar is
+            # rank 0's share.
+            mine = {unit: min(batch_size, len(robust_idx) - unit * batch_size) for unit in range(rank, n_units, world)}
+            done_before = sum(size for unit, size in mine.items() if unit in state.units_done)
+            with progress.stage(f"autoattack {attack}", sum(mine.values()), initial=done_before) as bar:
+                for unit in mine:
+                    if unit in state.units_done:
+                        continue
+                    idx = robust_idx[unit * batch_size:(unit + 1) * batch_size]
+                    started = _clock()
+                    flags[idx] = _attack_unit(adversary, attack, x[idx.to(device)], y[idx.to(device)])
+                    if state.stage_seconds is not None:
+                        state.stage_seconds = {**state.stage_seconds,
+                                               attack: state.stage_seconds.get(attack, 0.0) + _clock() - started}
+                    state.flags = flags.tolist()
+                    state.units_done = [*state.units_done, unit]
+                    if state_path is not None:
+                        save_state(state_path, state)
+                    bar.update(len(idx), int(flags.sum()), len(flags))
             if world > 1:
                 flags = _merge_across_ranks(flags, comm_device)
             merged = flags.tolist()
