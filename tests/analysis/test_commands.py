@@ -121,7 +121,7 @@ def test_report_writes_markdown_and_plots(run, separation_json, tmp_path, capsys
         assert (figures / png).read_bytes()[:8] == PNG_MAGIC, png
         assert f"](table_figures/{png})" in text
     assert "| natural | eval_best.json | model |" in text  # the trade-off point of each run
-    assert "| pgd_at | eval_aa.json | model | 32 | 70.00 | 40.00 | pgd2 |" in text
+    assert "| pgd_at | eval_aa.json | model | 32 | 70.0 | 40.0 | PGD-2 |" in text
     assert "autoattack-model" not in text  # AutoAttack's state file is not an evaluation
     assert "**autoattack_above_pgd** (pgd_at/eval_aa.json model model)" in text
 
