@@ -67,6 +67,22 @@ def test_a_long_interval_leaves_one_line_at_the_start_and_one_at_the_end():
         "clean: started on 20 points", "clean: done", "pgd2: started on 20 points", "pgd2: done"]
 
 
+def test_lines_come_once_per_interval_with_the_time_left_at_the_rate_so_far(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(progress, "_clock", lambda: now[0])
+    stream = io.StringIO()
+    with EvalProgress(stream=stream, tty=False, interval=30.0).stage("pgd20", 100) as bar:
+        for batch in range(10):  # 10 points every 10 s
+            now[0] += 10.0
+            bar.update(10, 5 * (batch + 1))
+    assert lines_of(stream) == [
+        "pgd20: started on 100 points",
+        "pgd20: 30/100 points, robust 50.0%, 00:30 elapsed, about 01:10 left",
+        "pgd20: 60/100 points, robust 50.0%, 01:00 elapsed, about 00:40 left",
+        "pgd20: 90/100 points, robust 50.0%, 01:30 elapsed, about 00:10 left",
+        "pgd20: done, robust 50.0%, 01:40 elapsed"]
+
+
 def test_bars_on_a_terminal_reach_the_end_and_are_closed():
     model, x, y = tiny_problem()
     stream = io.StringIO()

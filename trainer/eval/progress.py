@@ -49,9 +49,8 @@ class EvalProgress:
 
     def labelled(self, label: str) -> EvalProgress:
         """The same destination, with `label` (a model's name) before every stage name."""
-        child = EvalProgress(self.enabled, stream=self._stream, tty=self._tty, interval=self.interval,
-                             prefix=f"{self.prefix}{label} ")
-        return child
+        return EvalProgress(self.enabled, stream=self._stream, tty=self._tty, interval=self.interval,
+                            prefix=f"{self.prefix}{label} ")
 
     @property
     def stream(self) -> TextIO:
