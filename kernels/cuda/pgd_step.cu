@@ -34,13 +34,24 @@ __global__ void __launch_bounds__(kThreads) pgd_linf_step_kernel(TX* __restrict_
     const Pack<TX, V> x0 = load_pack<TX, V>(x + first);
     const Pack<TG, V> g = load_pack<TG, V>(grad + first);
     Pack<TX, V> out;
+    // Sample of element k: (k / stride) % N. One 64-bit division per pack, then stepped element by element:
+    // a division per element (V of them, inlined) cost registers enough to spill in the bf16 / fp32 variant.
+    int64_t sample = 0, in_sample = 0;
+    if (per_sample) {
+      const int64_t q = first / p.sample_stride;
+      in_sample = first - q * p.sample_stride;
+      sample = q % p.n_samples;
+    }
 #pragma unroll
     for (int i = 0; i < V; ++i) {
       float eps = p.eps, step = p.step;
       if (per_sample) {
-        const int64_t n = ((first + i) / p.sample_stride) % p.n_samples;
-        if (p.eps_per_sample) eps = p.eps_per_sample[n];
-        if (p.step_per_sample) step = p.step_per_sample[n];
+        if (p.eps_per_sample) eps = p.eps_per_sample[sample];
+        if (p.step_per_sample) step = p.step_per_sample[sample];
+        if (++in_sample == p.sample_stride) {
+          in_sample = 0;
+          if (++sample == p.n_samples) sample = 0;
+        }
       }
       out.v[i] = from_float<TX>(linf_update(to_float(xa.v[i]), to_float(x0.v[i]), to_float(g.v[i]), eps, step,
                                             p.lo, p.hi));

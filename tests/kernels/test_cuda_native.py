@@ -1,9 +1,14 @@
 """The native CUDA library: CMake builds it wherever nvcc and cmake exist (it exports the C ABI that
-kernels/cuda_native.py expects, and loads without a GPU); with a GPU it matches the torch references."""
+kernels/cuda_native.py expects, and loads without a GPU); ptxas reports no register spills for any of its
+kernels on sm_90; with a GPU it matches the torch references."""
 
 import ctypes
+import glob
+import os
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +19,65 @@ from kernels.pgd_step import pgd_linf_step_reference
 from tests.kernels.conftest import ARITH_TOL, X_DTYPES, assert_close
 
 HAVE_TOOLS = shutil.which("nvcc") is not None and shutil.which("cmake") is not None
+CUDA_SOURCES = sorted((cuda_native.REPO_ROOT / "kernels" / "cuda").glob("*.cu"))
+
+
+def find_nvcc() -> str | None:
+    """nvcc on PATH, else under $CUDA_HOME / $CUDA_PATH, else the newest /usr/local/cuda*/bin/nvcc."""
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    homes += sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for home in filter(None, homes):
+        candidate = Path(home) / "bin" / "nvcc"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+_ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+a?)'")
+_PROPS = re.compile(r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                    r"(\d+) bytes spill loads")
+
+
+def ptxas_report(text: str) -> dict[str, tuple[int, int, int]]:
+    """{kernel: (stack frame, spill store, spill load bytes)} from `nvcc -Xptxas -v` output, entries only."""
+    entries = {name for name, _ in _ENTRY.findall(text)}
+    props = {m.group(1): tuple(int(m.group(i)) for i in (2, 3, 4)) for m in _PROPS.finditer(text)}
+    return {name: props.get(name, (-1, -1, -1)) for name in entries}
+
+
+def test_ptxas_report_is_parsed():
+    text = """ptxas info    : Compiling entry function '_Z1kPf' for 'sm_90'
+ptxas info    : Function properties for _Z1kPf
+    8 bytes stack frame, 10 bytes spill stores, 8 bytes spill loads
+ptxas info    : Used 40 registers, used 0 barriers, 8 bytes cumulative stack size
+ptxas info    : Function properties for _Z6helperv
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Compiling entry function '_Z1gPf' for 'sm_90'
+ptxas info    : Function properties for _Z1gPf
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+"""
+    assert ptxas_report(text) == {"_Z1kPf": (8, 10, 8), "_Z1gPf": (0, 0, 0)}
+
+
+@pytest.mark.parametrize("source", CUDA_SOURCES, ids=[p.name for p in CUDA_SOURCES])
+def test_native_kernels_do_not_spill_on_sm90(source, tmp_path):
+    """Every kernel instantiation, compiled for sm_90 as CMakeLists.txt builds it (Release, -lineinfo), keeps
+    all its values in registers: ptxas reports 0 bytes of spill stores and loads."""
+    nvcc = find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found on PATH, $CUDA_HOME, $CUDA_PATH or /usr/local/cuda*/bin")
+    cmd = [nvcc, "-arch=sm_90", "-O3", "-DNDEBUG", "-lineinfo", "-std=c++17", "-Xptxas", "-v",
+           "-I", str(source.parent), "-c", str(source), "-o", str(tmp_path / "k.o")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}"
+    report = ptxas_report(proc.stdout + proc.stderr)
+    assert report, f"ptxas reported no entry function for {source.name}:\n{proc.stderr[-2000:]}"
+    spilling = {name: props for name, props in report.items() if props[1] or props[2] or props[0] < 0}
+    assert not spilling, (f"{source.name}: kernels with spills (stack frame, spill stores, spill loads bytes; "
+                          f"-1 = not reported): {spilling}")
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +144,29 @@ def test_native_linf_step_matches_reference(built_library, monkeypatch, dtype, g
         expected = pgd_linf_step_reference(x_adv.clone().view(shape), grad.view(shape), x.view(shape), eps, 0.01)
         got = pgd_linf_step_(x_adv.clone().view(shape), grad.view(shape), x.view(shape), eps, 0.01, policy="cuda")
         assert_close(got, expected, (0.0, 0.0), f"native per-sample offset {offset}")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", X_DTYPES)
+@pytest.mark.parametrize("grad_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_native_per_sample_packs_straddle_samples(built_library, monkeypatch, dtype, grad_dtype, channels_last):
+    """Per-sample eps and step where a sample (3*5*7 = 105 elements) is no multiple of the pack width, so packs
+    cross sample boundaries: the kernel steps the sample index inside a pack."""
+    monkeypatch.setattr(cuda_native, "_lib", None)
+    monkeypatch.setenv(cuda_native.LIB_ENV, str(built_library))
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    shape = (37, 3, 5, 7)
+    x = torch.rand(shape, generator=gen, device="cuda").to(dtype).contiguous(memory_format=fmt)
+    x_adv = torch.rand(shape, generator=gen, device="cuda").to(dtype).contiguous(memory_format=fmt)
+    grad = torch.randn(shape, generator=gen, device="cuda").to(grad_dtype).contiguous(memory_format=fmt)
+    eps = torch.rand(shape[0], generator=gen, device="cuda") * 0.05
+    step = torch.rand(shape[0], generator=gen, device="cuda") * 0.02
+    expected = pgd_linf_step_reference(x_adv.clone(), grad, x, eps, step)
+    got = pgd_linf_step_(x_adv.clone(), grad, x, eps, step, policy="cuda")
+    assert_close(got, expected, (0.0, 0.0), f"native per-sample, channels_last={channels_last}")
 
 
 @gpu
