@@ -82,7 +82,11 @@ def test_native_kernels_do_not_spill_on_sm90(source, tmp_path):
 
 @pytest.fixture(scope="module")
 def built_library(tmp_path_factory):
-    """Configure and build the top-level CMakeLists.txt into a temporary directory (a few seconds)."""
+    """Configure and build the top-level CMakeLists.txt into a temporary directory (a few seconds), or take
+    the library that bench/gpu_all.sh's native_build stage made ($GENERALIST_KERNELS_TEST_LIB)."""
+    prebuilt = os.environ.get("GENERALIST_KERNELS_TEST_LIB")
+    if prebuilt and Path(prebuilt).is_file():
+        return Path(prebuilt)
     if not HAVE_TOOLS:
         pytest.skip("nvcc and cmake are needed to build the native library")
     build = tmp_path_factory.mktemp("cuda_build")
