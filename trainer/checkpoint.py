@@ -21,9 +21,11 @@ temporary file, which the next save removes. Resuming reads the newest version t
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shlex
 import signal
 import struct
 import tempfile
@@ -35,7 +37,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from trainer.errors import CheckpointError
+from trainer.errors import CheckpointError, ConfigError
 
 FORMAT_VERSION = 2
 # Format 1 (before checksums) is still read, unverified, so that older runs stay usable.
@@ -190,9 +192,16 @@ class _HashingWriter:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self._writes = 0
+        # torch.save's zip writer turns an exception of write() into a RuntimeError without its errno ("unexpected
+        # pos ..."); the original is kept here so that a full disk is reported as one.
+        self.os_error: OSError | None = None
 
     def write(self, data: bytes) -> int:
-        written = self._f.write(data)
+        try:
+            written = self._f.write(data)
+        except OSError as exc:
+            self.os_error = exc
+            raise
         self.sha256.update(data)
         self.size += len(data)
         self._writes += 1
@@ -205,18 +214,50 @@ class _HashingWriter:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` as a checksummed checkpoint; the version it replaces becomes `<stem>.prev.pt`."""
+    """Write `state` as a checksummed checkpoint; the version it replaces becomes `<stem>.prev.pt`.
+
+    A write that fails (disk full, quota, I/O error) raises CheckpointError naming the file and saying where
+    the previous complete version is, after checking that it still verifies.
+    """
     path = Path(path)
     _remove_stale_temporaries(path)
     payload = {"format_version": FORMAT_VERSION, **state}
 
     def write(f: IO[bytes]) -> None:
         hashing = _HashingWriter(f, path)
-        torch.save(payload, hashing)
+        try:
+            torch.save(payload, hashing)
+        except Exception:
+            if hashing.os_error is not None:
+                raise hashing.os_error from None
+            raise
         _crash_point("before_footer", path)
         f.write(_FOOTER.pack(_FOOTER_MAGIC, hashing.size, hashing.sha256.digest()))
 
-    atomic_write(path, write, keep_previous=previous_version(path))
+    try:
+        atomic_write(path, write, keep_previous=previous_version(path))
+    except OSError as exc:
+        problem = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc)).lower()
+        raise CheckpointError(f"checkpoint {path}: {problem} while writing it (the partial file was removed); "
+                              f"{_previous_checkpoint_status(path)}") from None
+
+
+def _previous_checkpoint_status(path: Path) -> str:
+    """Where the version a failed save would have replaced is, and whether it still verifies."""
+    reasons = []
+    for candidate in (path, previous_version(path)):
+        if not candidate.is_file():
+            continue
+        try:
+            position = load_checkpoint(candidate)["position"]
+        except CheckpointError as exc:
+            reasons.append(str(exc))
+            continue
+        return (f"the previous checkpoint {candidate} (epoch {position['epoch']}, batch {position['batch']}, "
+                f"step {position['global_step']}) is intact")
+    if reasons:
+        return "no intact earlier version is left (" + "; ".join(reasons) + ")"
+    return "no earlier version of it was saved"
 
 
 def _remove_stale_temporaries(path: Path) -> None:
@@ -282,6 +323,38 @@ def load_newest_valid(path: str | Path, set_aside_rejected: bool = False) -> tup
             print(f"checkpoint {path} rejected, using the previous version {candidate}: " + "; ".join(reasons))
         return state, candidate
     raise CheckpointError(f"no usable checkpoint among {[str(c) for c in candidates]}: " + "; ".join(reasons))
+
+
+def load_resume_state(run_dir: str | Path, set_aside_rejected: bool = False) -> tuple[dict[str, Any], Path]:
+    """`load_newest_valid` of RUN/last.pt, whose error, when there is nothing to resume, says what to do instead."""
+    run_dir = Path(run_dir)
+    try:
+        return load_newest_valid(run_dir / LAST, set_aside_rejected)
+    except CheckpointError as exc:
+        advice = _no_resume_advice(run_dir)
+        raise CheckpointError(f"{exc}; {advice}" if advice else str(exc)) from None
+
+
+def _no_resume_advice(run_dir: Path) -> str:
+    last = run_dir / LAST
+    if not run_dir.is_dir():
+        return f"the run folder {run_dir} does not exist"
+    for best in (run_dir / BEST, previous_version(run_dir / BEST)):
+        try:
+            position = load_checkpoint(best)["position"]
+        except CheckpointError:
+            continue
+        # best.pt holds the whole training state of the end of its epoch, like last.pt did then.
+        return (f"but {best} is valid (saved after epoch {position['epoch'] - 1}, step {position['global_step']}): "
+                f"to continue from it, copy it over {LAST} (cp {shlex.quote(str(best))} {shlex.quote(str(last))}) "
+                f"and resume; the epochs after it are trained again")
+    if last.exists() or previous_version(last).exists():
+        return ""
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        return (f"nothing was saved in {run_dir} yet (the run stopped before its first checkpoint); start it afresh "
+                f"there with: python -m trainer train --config {shlex.quote(str(config))}")
+    return f"{run_dir} holds no run (no config.yaml either)"
 
 
 class _open_checkpoint:
@@ -356,6 +429,39 @@ def _check_contents(state: Any, path: Path, verified: bool) -> dict[str, Any]:
     return state
 
 
+def check_output_file(path: str | Path, what: str) -> None:
+    """Raise ConfigError naming `what` (e.g. "eval --out") unless `path` can be written as a file.
+
+    For commands that write their result only at the end: they call this before the work starts.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise _output_error(what, path, "is a folder; expected a file path")
+    _check_folder_can_be_made(path.parent, what, path)
+
+
+def check_output_folder(path: str | Path, what: str) -> None:
+    """Raise ConfigError naming `what` (e.g. "export --out") unless `path` is or can be made a writable folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise _output_error(what, path, "is a file, not a folder")
+    _check_folder_can_be_made(path, what, path)
+
+
+def _check_folder_can_be_made(folder: Path, what: str, path: Path) -> None:
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise _output_error(what, path, f"{existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _output_error(what, path, f"cannot write in {existing} (permission denied)")
+
+
+def _output_error(what: str, path: Path, problem: str) -> ConfigError:
+    return ConfigError(f"{what} {path}: {problem}")
+
+
 def resolve_checkpoint(run_or_file: str | Path, which: str = "best") -> Path:
     """A checkpoint file, or a run folder plus 'best' / 'last' (best falls back to last if absent).
 
@@ -379,14 +485,15 @@ def resolve_checkpoint(run_or_file: str | Path, which: str = "best") -> Path:
 
 def export_safetensors(model: nn.Module, out_dir: Path, model_config: dict[str, Any]) -> Path:
     """Write `model.safetensors` (model weights only) and `config.json` beside it; returns the weights path."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().clone().cpu() for k, v in unwrap(model).state_dict().items()}
     weights = out_dir / "model.safetensors"
-    tmp = out_dir / ".model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, weights)
+    # Serialised in memory and published by atomic_write, which gives the file the mode a plain open() would
+    # (safetensors' save_file creates it 0600).
+    data = save(tensors, metadata={"format": "pt"})
+    atomic_write(weights, lambda f: f.write(data))
     atomic_write(out_dir / "config.json", lambda f: f.write(json.dumps(model_config, indent=2).encode()))
     return weights
 
@@ -401,7 +508,6 @@ def load_export(export_dir: str | Path, device: str | torch.device = "cpu") -> n
     from safetensors.torch import load_file
 
     from trainer.config import ModelConfig, from_dict
-    from trainer.errors import ConfigError
     from trainer.eval.class_fold import FoldedLogits
     from trainer.models import build_model
 

@@ -2,6 +2,7 @@
 
     python -m trainer train --config configs/fashion_mnist_generalist.yaml train.epochs=3 attack.eps=0.1
     python -m trainer train --resume runs/fmnist_generalist          # continue exactly where it stopped
+    python -m trainer train --resume runs/fmnist_generalist --change-length train.epochs=150
     python -m trainer eval runs/fmnist_generalist --which best eval.num_points=1000
     python -m trainer eval runs/fmnist_generalist --split train eval.num_points=1000   # train-test gaps
     python -m trainer export runs/fmnist_generalist --out exported/
@@ -16,12 +17,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import errno
+import shlex
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
-from trainer.checkpoint import LAST, load_checkpoint, load_newest_valid
+from trainer.checkpoint import LAST, check_output_file, check_output_folder, load_checkpoint, load_resume_state
 from trainer.config import (
     DATA_BACKENDS,
     EvalConfig,
@@ -32,13 +38,27 @@ from trainer.config import (
     load_config,
     to_dict,
 )
-from trainer.errors import ConfigError, TrainerError
+from trainer.errors import CheckpointError, ConfigError, Interrupted, TrainerError
 
 
-def _resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (the project's `error: ...`, exit 2) rather than usage plus message."""
+
+    def error(self, message: str) -> NoReturn:
+        _usage_error(f"{message} (see: {self.prog} --help)")
+
+
+def _usage_error(message: str) -> NoReturn:
+    # SystemExit(2), as argparse itself exits on a bad command line.
+    print(f"error: {_one_line(message)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _resume_config(run_dir: Path, overrides: list[str], change_length: bool) -> RunConfig:
     """The checkpoint's own config; only train.* (not seed) and eval.* may change on resume."""
     # Read-only: the newest checkpoint that verifies (train() itself sets a damaged one aside).
-    state, _ = load_newest_valid(run_dir / LAST)
+    state, _ = load_resume_state(run_dir)
+    saved = copy.deepcopy(state["config"])
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         # The data backends yield the same batches for a seed, so the loader may change on resume.
@@ -49,36 +69,93 @@ def _resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
                               "data.num_workers may change")
     data = apply_overrides(state["config"], overrides)
     data["train"]["out_dir"] = str(run_dir)
-    return config_from_dict(data)
+    cfg = config_from_dict(data)
+    _check_length(saved, state["position"], cfg, change_length)
+    return cfg
 
 
-def _eval_overrides(overrides: list[str], base: EvalConfig) -> EvalConfig:
+def _check_length(saved: dict, position: dict, cfg: RunConfig, change_length: bool) -> None:
+    """A resumed run keeps its length unless --change-length says otherwise: every schedule knot is a fraction
+    of train.epochs, so a new length moves them all, those already passed included."""
+    trained_for = saved["train"]["epochs"]
+    if cfg.train.epochs == trained_for:
+        return
+    if not change_length:
+        raise ConfigError(f"override 'train.epochs={cfg.train.epochs}': this run was started for {trained_for} "
+                          "epochs, and its schedules (learning rate, Generalist's beta and redistribution epochs, "
+                          "DUCAT's start) are fractions of the run, so a new length moves every knot, those already "
+                          "passed included; pass --change-length to do that anyway, or use train.max_steps to stop "
+                          "early")
+    epoch, batch = position["epoch"], position["batch"]
+    trained = epoch if batch else epoch - 1  # epochs begun
+    if cfg.train.epochs < trained:
+        raise ConfigError(f"override 'train.epochs={cfg.train.epochs}': {trained} epoch(s) of this run are already "
+                          f"trained (or begun); expected at least {trained}")
+    print(f"run length changed from {trained_for} to {cfg.train.epochs} epochs (--change-length): the schedules' "
+          "knots move with it")
+
+
+def _eval_overrides(overrides: list[str], state: dict) -> EvalConfig:
+    """The checkpoint's eval config with eval.* overrides, validated with the rest of its config."""
     for item in overrides:
         if not item.split("=", 1)[0].strip().startswith("eval."):
             raise ConfigError(f"override {item!r}: eval and export accept only eval.* overrides")
+    base = from_dict(EvalConfig, state["config"]["eval"], prefix="eval.")
     data = apply_overrides({"eval": to_dict(base)}, overrides)["eval"]
-    return from_dict(EvalConfig, data, prefix="eval.")
+    eval_cfg = from_dict(EvalConfig, data, prefix="eval.")
+    config_from_dict({**state["config"], "eval": to_dict(eval_cfg)})
+    return eval_cfg
+
+
+def _is_rank0() -> bool:
+    from trainer.distributed import launch_env
+
+    return launch_env().rank == 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from trainer.evaluation import evaluate_checkpoint, results_table
+    from trainer.run_lock import acquire_run_folder
     from trainer.training import train
 
     if args.data_dir:
         args.overrides = [*args.overrides, f"data.data_dir={args.data_dir}"]
     if args.data_backend:
         args.overrides = [*args.overrides, f"data.backend={args.data_backend}"]
+    if args.resume and args.config:
+        raise ConfigError(f"--config {args.config} with --resume {args.resume}: a resumed run keeps the config "
+                          "saved in its checkpoint; change train.* or eval.* with overrides instead")
+    if args.change_length and not args.resume:
+        raise ConfigError("--change-length: only with --resume (a new run takes its length from train.epochs)")
     if args.resume:
-        cfg = _resume_config(Path(args.resume), args.overrides)
+        run_dir, cfg = Path(args.resume), None
+        if not run_dir.is_dir():
+            raise CheckpointError(f"no usable checkpoint: {run_dir / LAST}: not found; the run folder {run_dir} "
+                                  "does not exist")
     else:
         cfg = load_config(args.config, args.overrides)
-    if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    result = train(cfg, resume=bool(args.resume))
-    if result.finished and not args.no_eval:
-        report = evaluate_checkpoint(result.run_dir, which="best")
-        print(results_table(report))
-        print(f"results: {report['written_to']}")
+        run_dir = Path(cfg.train.out_dir)
+    # The whole command is one writer of the run folder, the final evaluation included; train() takes the same
+    # lock again (it nests). Under torchrun rank 0 holds it. Taken before the resumed checkpoint is read, so a
+    # run that is still training is reported as such, whatever else is wrong.
+    try:
+        lock = acquire_run_folder(run_dir, "train") if _is_rank0() else contextlib.nullcontext()
+    except OSError as exc:
+        raise ConfigError(f"config field 'train.out_dir' = {str(run_dir)!r}: cannot write there ({exc})") from None
+    with lock:
+        if cfg is None:
+            cfg = _resume_config(run_dir, args.overrides, args.change_length)
+        if args.print_config:
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        result = train(cfg, resume=bool(args.resume))
+        if result.finished and not args.no_eval:
+            try:
+                report = evaluate_checkpoint(result.run_dir, which="best")
+            except KeyboardInterrupt:
+                raise Interrupted(f"interrupted during the final evaluation; training is complete; evaluate with: "
+                                  f"python -m trainer eval {shlex.quote(str(result.run_dir))}") from None
+            print(results_table(report))
+            print(f"results: {report['written_to']}")
     return 0
 
 
@@ -86,9 +163,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from trainer.checkpoint import resolve_checkpoint
     from trainer.evaluation import evaluate_checkpoint, results_table
 
+    if args.out:
+        check_output_file(args.out, "eval --out")
     state = load_checkpoint(resolve_checkpoint(args.run, args.which))
-    base = from_dict(EvalConfig, state["config"]["eval"], prefix="eval.")
-    report = evaluate_checkpoint(args.run, which=args.which, eval_cfg=_eval_overrides(args.overrides, base),
+    report = evaluate_checkpoint(args.run, which=args.which, eval_cfg=_eval_overrides(args.overrides, state),
                                  device=args.device, out=Path(args.out) if args.out else None, split=args.split)
     print(results_table(report))
     fired = sorted({f["check"] for findings in report["sanity"].values() for f in findings})
@@ -97,9 +175,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out(args: argparse.Namespace, command: str) -> None:
+    # Results are written at the end: a path that cannot take them is refused before the work.
+    if args.out:
+        check_output_file(args.out, f"{command} --out")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from trainer.evaluation import export_checkpoint
 
+    check_output_folder(args.out, "export --out")
     weights = export_checkpoint(args.run, Path(args.out), which=args.which)
     print(f"exported {weights} and {weights.parent / 'config.json'}")
     return 0
@@ -108,6 +193,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from trainer.analysis.run_analysis import sweep_checkpoint
 
+    _check_out(args, "sweep")
     report = sweep_checkpoint(args.run, which=args.which, eps_values=args.eps, num_points=args.num_points,
                               steps=args.steps, seed=args.seed, models=args.models, device=args.device,
                               out=Path(args.out) if args.out else None)
@@ -122,6 +208,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_lipschitz(args: argparse.Namespace) -> int:
     from trainer.analysis.run_analysis import lipschitz_checkpoint
 
+    _check_out(args, "lipschitz")
     splits = ["train", "test"] if args.split == "both" else [args.split]
     report = lipschitz_checkpoint(args.run, which=args.which, splits=splits, num_points=args.num_points,
                                   variant=args.variant, eps=args.eps, batch_size=args.batch_size, seed=args.seed,
@@ -137,6 +224,7 @@ def cmd_lipschitz(args: argparse.Namespace) -> int:
 def cmd_separation(args: argparse.Namespace) -> int:
     from trainer.analysis.run_analysis import dataset_separation
 
+    _check_out(args, "separation")
     report = dataset_separation(args.dataset, data_dir=args.data_dir, eps_values=args.eps, device=args.device,
                                 budget_bytes=None if args.memory_mb is None else int(args.memory_mb * 2**20),
                                 train_points=args.train_points, test_points=args.test_points,
@@ -154,6 +242,7 @@ def cmd_separation(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from trainer.analysis.report import write_report
 
+    _check_out(args, "report")
     out = write_report(args.runs, Path(args.out), separation_files=args.separation or (),
                        sweep_points=args.sweep_points)
     print(f"report: {out} (figures in {out.parent / (out.stem + '_figures')})")
@@ -163,6 +252,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     from trainer.engine.profiling import profile_training
 
+    _check_out(args, "profile")
     profile_training(load_config(args.config, args.overrides), steps=args.steps, warmup=args.warmup, out=args.out,
                      top_k=args.top)
     return 0
@@ -188,13 +278,16 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
+    parser = _Parser(prog="python -m trainer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (then evaluate the best checkpoint on the test set)")
     p.add_argument("--config", help="YAML preset (configs/*.yaml); defaults apply to fields it omits")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    p.add_argument("--change-length", action="store_true",
+                   help="with --resume and train.epochs=N: accept a new run length, which moves every schedule "
+                        "knot (they are fractions of the run)")
     p.add_argument("--no-eval", action="store_true", help="skip the final test-set evaluation")
     p.add_argument("--print-config", action="store_true", help="print the resolved config first")
     p.add_argument("--data-dir", help="dataset folder (same as data.data_dir=PATH)")
@@ -295,22 +388,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     # Overrides may come after options (`eval RUN --which last eval.num_points=16`): argparse leaves
     # such trailing positionals unparsed, so they are collected here; unknown options stay errors.
     args, extra = parser.parse_known_args(argv)
     unknown = [e for e in extra if e.startswith("-") or "=" not in e]
+    if not hasattr(args, "overrides"):  # commands without dotted overrides must not drop them silently
+        unknown = extra
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        _usage_error(f"unrecognized arguments: {' '.join(unknown)} (see: {parser.prog} {args.command} --help)")
     if hasattr(args, "overrides"):
         args.overrides = [*args.overrides, *extra]
-    elif extra:  # commands without dotted overrides must not drop them silently
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure a user can cause is one line on stderr and exit code 2 (130: Ctrl-C)."""
     try:
+        args = _parse(argv)
         return args.func(args)
+    except Interrupted as exc:
+        print(_one_line(str(exc)), file=sys.stderr)
+        return exc.exit_code
     except TrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; files this command had finished writing are complete", file=sys.stderr)
+        return Interrupted.exit_code
+    except OSError as exc:
+        # The file system failing under a command (disk full, permissions, I/O error) rather than a bug.
+        problem = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {_one_line(problem + where)}", file=sys.stderr)
         return 2
 
 

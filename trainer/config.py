@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ EVAL_PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZER_IMPLS = ("torch", "apex")
 # Methods whose training step can be captured as one CUDA graph (trainer/engine/cuda_graphs.py).
 CUDA_GRAPH_METHODS = ("natural", "pgd_at", "generalist")
+# train.threads above this is a typo, not a machine (torch.set_num_threads takes a C int).
+MAX_THREADS = 4096
 
 
 @dataclass(frozen=True)
@@ -371,11 +374,15 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(t.dist_backend in DIST_BACKENDS, "train.dist_backend", t.dist_backend, f"one of {DIST_BACKENDS}")
     _check(t.dist_check_every_steps >= 0, "train.dist_check_every_steps", t.dist_check_every_steps,
            "an integer >= 0")
-    _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
-           t.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    _check(re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", t.device) is not None, "train.device", t.device,
+           "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    _check(0 <= t.threads <= MAX_THREADS, "train.threads", t.threads,
+           f"an integer in [0, {MAX_THREADS}] (0: torch's default)")
+    _check(t.out_dir.strip() != "", "train.out_dir", t.out_dir, "a folder path (an empty one would be the "
+           "current folder)")
     _check(e.num_points > 0, "eval.num_points", e.num_points, "an integer > 0")
-    _check(all(x in EVAL_ATTACKS for x in e.attacks), "eval.attacks", e.attacks,
-           f"a list drawn from {EVAL_ATTACKS}")
+    _check(len(e.attacks) > 0 and all(x in EVAL_ATTACKS for x in e.attacks), "eval.attacks", e.attacks,
+           f"a non-empty list drawn from {EVAL_ATTACKS} (an empty one would write results without results)")
     _check(e.eps is None or (math.isfinite(e.eps) and e.eps >= 0), "eval.eps", e.eps, "null or a value >= 0")
     _check(e.pgd_steps >= 1, "eval.pgd_steps", e.pgd_steps, "an integer >= 1")
     _check(e.cw_steps >= 1, "eval.cw_steps", e.cw_steps, "an integer >= 1")
@@ -459,7 +466,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config field '{where}' = {value!r}: expected a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise ConfigError(f"config field '{where}' = {value!r}: expected a number within the float "
+                              "range") from None
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"config field '{where}' = {value!r}: expected a string")
@@ -474,7 +485,8 @@ def from_dict(cls: type[_T], data: dict[str, Any], prefix: str = "") -> _T:
     """Build a (nested) config dataclass from a dict; unknown keys are errors, missing keys default."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    # YAML keys need not be strings (`1: x`, `null: x`), and mixed types do not sort among themselves.
+    unknown = sorted(set(data) - names, key=repr)
     if unknown:
         raise ConfigError(f"unknown config field '{prefix}{unknown[0]}': {cls.__name__} has {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
@@ -492,8 +504,30 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return conv(cfg)
 
 
-def _parse_scalar(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+def _yaml_problem(exc: Exception) -> str:
+    """One line saying what is wrong with a YAML text (PyYAML's messages span several lines)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return " ".join(f"{exc.context + ', ' if exc.context else ''}{exc.problem}{where}".split())
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return " ".join(str(exc).split())
+
+
+# What yaml.safe_load raises on bad text besides YAMLError: ValueError for well-formed but impossible values
+# (`2001-13-45`, an integer of more than 4300 digits, `!!int abc`), RecursionError for very deep nesting.
+_YAML_FAILURES = (yaml.YAMLError, ValueError, RecursionError)
+
+
+def _parse_value(item: str, text: str) -> Any:
+    if text == "":
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except _YAML_FAILURES as exc:
+        # Tags such as !!python/object/apply are refused by safe_load, never executed.
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(exc)})") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -511,7 +545,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: '{p}' is not a section")
             node = child
-        node[parts[-1]] = _parse_scalar(text)
+        node[parts[-1]] = _parse_value(item, text)
     return data
 
 
@@ -523,9 +557,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file {p}: not found")
         try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p}: not valid YAML ({exc})") from None
+            text = p.read_bytes().decode("utf-8")
+        except OSError as exc:
+            raise ConfigError(f"config file {p}: cannot be read ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                              f"{exc.start}); expected a YAML file") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except _YAML_FAILURES as exc:
+            raise ConfigError(f"config file {p}: not valid YAML ({_yaml_problem(exc)})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {p}: expected a mapping at the top level")
         data = loaded or {}

@@ -11,7 +11,13 @@ from pathlib import Path
 import torch
 
 from trainer.analysis.sanity import SanityFinding, model_checks, result_checks, warn_findings
-from trainer.checkpoint import atomic_write, export_safetensors, resolve_checkpoint
+from trainer.checkpoint import (
+    atomic_write,
+    check_output_file,
+    check_output_folder,
+    export_safetensors,
+    resolve_checkpoint,
+)
 from trainer.config import AttackConfig, EvalConfig, to_dict, validate
 from trainer.distributed import (
     all_reduce_max,
@@ -62,6 +68,9 @@ def evaluate_checkpoint(run_or_file: str | Path, *, which: str = "best", eval_cf
     if split not in EVAL_SPLITS:
         raise ConfigError(f"eval split {split!r}: expected one of {EVAL_SPLITS}")
     path = resolve_checkpoint(run_or_file, which)
+    # The results are written at the end: a path that cannot take them is refused before the work.
+    out = out or default_eval_path(path, split)
+    check_output_file(out, "evaluation output")
     session, state = session_from_checkpoint(str(path), device)
     cfg = session.cfg
     init_distributed(cfg.train.dist_backend, session.device)  # a no-op outside torchrun or when training joined
@@ -77,7 +86,6 @@ def evaluate_checkpoint(run_or_file: str | Path, *, which: str = "best", eval_cf
         models = {k: v for k, v in models.items() if k in ecfg.models}
     dataset = session.splits.test if split == "test" else session.splits.train
     x, y = dataset_tensors(dataset, ecfg.num_points, session.device)
-    out = out or default_eval_path(path, split)
     # Every rank checks the same points (no collective), so all hold the same findings.
     sanity: dict[str, list[SanityFinding]] = {
         name: model_checks(model, x[:SANITY_POINTS], y[:SANITY_POINTS]) for name, model in models.items()}
@@ -199,6 +207,7 @@ def export_checkpoint(run_or_file: str | Path, out_dir: Path, which: str = "best
     """
     from trainer.eval.class_fold import FoldedLogits
 
+    check_output_folder(out_dir, "export folder")
     path = resolve_checkpoint(run_or_file, which)
     session, state = session_from_checkpoint(str(path), "cpu")
     name, model = next(iter(session.method.eval_models().items()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from trainer.attacks import PGD
-from trainer.checkpoint import BEST, LAST, load_newest_valid, previous_version, save_checkpoint
+from trainer.checkpoint import BEST, LAST, load_resume_state, previous_version, save_checkpoint
 from trainer.config import RunConfig, save_config, to_dict
 from trainer.data import augmentation_defaults, build_train_loader
 from trainer.distributed import (
@@ -27,11 +28,12 @@ from trainer.distributed import (
 )
 from trainer.distributed import rank as dist_rank
 from trainer.engine import apply_backend_policy
-from trainer.errors import CheckpointError, ConfigError
+from trainer.errors import CheckpointError, ConfigError, Interrupted
 from trainer.eval import correct_mask
 from trainer.guards import SKIPPED_STEPS, FiniteGuard
 from trainer.methods import Method
 from trainer.metrics import MetricsLogger
+from trainer.run_lock import RunFolderLock, acquire_run_folder
 from trainer.runtime import capture_rng_state, configure_threads, resolve_device, restore_rng_state, seed_everything
 from trainer.session import Session, dataset_tensors, load_networks, open_session
 
@@ -44,15 +46,41 @@ class TrainResult:
     best_score: float | None
 
 
-def check_writable(run_dir: Path) -> None:
-    """Fail before training, not after hours of it, when the output folder cannot be written."""
+def claim_run_folder(run_dir: Path) -> RunFolderLock:
+    """Take the output folder's lock before anything is written there (one writer per run: trainer/run_lock.py),
+    and fail before training, not after hours of it, when the folder cannot be written."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = acquire_run_folder(run_dir, "train")
+    except OSError as exc:
+        raise ConfigError(f"config field 'train.out_dir' = {str(run_dir)!r}: cannot write there ({exc})") from None
+    try:
         probe = run_dir / ".write_probe"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
+        lock.release()
         raise ConfigError(f"config field 'train.out_dir' = {str(run_dir)!r}: cannot write there ({exc})") from None
+    return lock
+
+
+@dataclass
+class _Progress:
+    """What a Ctrl-C reports, kept up to date by `_train`."""
+
+    method: Method | None = None
+    checkpoint_step: int | None = None
+
+    def interruption(self, run_dir: Path) -> Interrupted:
+        where = "before the first step" if self.method is None else f"at step {self.method.global_step}"
+        if (run_dir / LAST).exists() or previous_version(run_dir / LAST).exists():
+            since = "" if self.checkpoint_step is None else f", step {self.checkpoint_step}"
+            return Interrupted(f"interrupted {where}; resume with: python -m trainer train --resume "
+                               f"{shlex.quote(str(run_dir))} (it continues from the last checkpoint{since})")
+        config = run_dir / "config.yaml"
+        again = (f"python -m trainer train --config {shlex.quote(str(config))}" if config.is_file()
+                 else "the same command")
+        return Interrupted(f"interrupted {where}, before the first checkpoint (nothing to resume); start again "
+                           f"with: {again}")
 
 
 def shipped_model(method: Method) -> tuple[str, torch.nn.Module]:
@@ -147,8 +175,19 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     run_dir = Path(cfg.train.out_dir)
     # First of all: under torchrun, join the process group (each process on the GPU of its LOCAL_RANK).
     rank0 = init_distributed(cfg.train.dist_backend, resolve_device(cfg.train.device)).rank == 0
-    if rank0:
-        check_writable(run_dir)
+    # Rank 0 alone writes the folder, so it alone holds the lock (released when train returns or raises).
+    lock = claim_run_folder(run_dir) if rank0 else None
+    progress = _Progress()
+    try:
+        return _train(cfg, resume, run_dir, rank0, progress)
+    except KeyboardInterrupt:
+        raise progress.interruption(run_dir) from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: RunConfig, resume: bool, run_dir: Path, rank0: bool, progress: _Progress) -> TrainResult:
     if not resume and ((run_dir / LAST).exists() or previous_version(run_dir / LAST).exists()):
         # Before anything is written there (config.yaml) or built: the folder's run must stay as it is.
         raise ConfigError(f"config field 'train.out_dir' = {str(run_dir)!r}: already holds a run "
@@ -161,6 +200,7 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
         save_config(cfg, run_dir / "config.yaml")
     session = open_session(cfg)
     method, tcfg = session.method, cfg.train
+    progress.method = method
     # cuDNN benchmark mode and the TF32 policy are process-wide: set here, from the method's resolved engine.
     apply_backend_policy(method.engine.settings)
     if rank0:
@@ -173,10 +213,10 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
         # last.pt, or last.prev.pt when last.pt fails its checksum (the rejected file is set aside).
         # Under torchrun rank 0 reads first and alone may set a rejected file aside; then the others read.
         if rank0:
-            state, source = load_newest_valid(run_dir / LAST, set_aside_rejected=True)
+            state, source = load_resume_state(run_dir, set_aside_rejected=True)
         barrier()
         if not rank0:
-            state, source = load_newest_valid(run_dir / LAST, set_aside_rejected=False)
+            state, source = load_resume_state(run_dir, set_aside_rejected=False)
         _restore(session, state, str(source))
         assert_replicas_identical(method.networks(), f"resume from {source}")
         epoch, start_batch = state["position"]["epoch"], state["position"]["batch"]
@@ -184,6 +224,7 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
         if rank0:
             logger.truncate_after(epoch - 1, method.global_step)
         guard.record_checkpoint(source, method.global_step)
+        progress.checkpoint_step = method.global_step
         print(f"resumed {source}: epoch {epoch}, batch {start_batch}, step {method.global_step}")
     elif rank0:
         # Logs of a run killed before its first checkpoint would otherwise be continued as if they were ours.
@@ -224,6 +265,7 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
             save_checkpoint(run_dir / path_name, _state(session, ep, batch, best, best_epoch))
         if path_name == LAST:
             guard.record_checkpoint(run_dir / path_name, method.global_step)
+            progress.checkpoint_step = method.global_step
 
     for ep in range(epoch, tcfg.epochs + 1):
         sched = method.start_epoch(ep)

@@ -133,13 +133,15 @@ def test_explicit_dali_without_the_package_names_what_to_install(monkeypatch):
     assert isinstance(_build("auto", _dataset()), CpuLoader)
 
 
-def test_cli_flag_sets_the_backend(monkeypatch):
+def test_cli_flag_sets_the_backend(monkeypatch, tmp_path):
     import trainer.training
 
     seen = []
     monkeypatch.setattr(trainer.training, "train", lambda cfg, resume: seen.append(cfg) or SimpleNamespace(
         finished=False))
-    assert main(["train", "--data-backend", "torch", "data.num_workers=0", "--no-eval"]) == 0
+    # The CLI takes the run folder's lock (creating it) before it calls train: a folder of the test's own.
+    assert main(["train", "--data-backend", "torch", "data.num_workers=0", "--no-eval",
+                 f"train.out_dir={tmp_path / 'run'}"]) == 0
     assert seen[0].data.backend == "torch" and seen[0].data.num_workers == 0
     parser = build_parser()
     assert parser.parse_args(["train", "--data-backend", "gpu"]).data_backend == "gpu"
