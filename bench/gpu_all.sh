@@ -112,23 +112,28 @@ stage_gpu_tests() {
 }
 
 stage_kernel_tests() {
+  if [ -f "$NATIVE_LIB" ]; then export GENERALIST_KERNELS_TEST_LIB=$NATIVE_LIB; fi
+  # The sm_90 compile sweep and the ptxas spill checks need no GPU: CI runs them.
   run_pytest kernel_tests "$(( ${TEST_WORKERS:-4} * 2 ))" 45 -m "not gpu" tests/kernels \
-    --ignore=tests/kernels/test_sm90_compile.py
+    --ignore=tests/kernels/test_sm90_compile.py -k "not do_not_spill"
 }
 
 kernel_bench_with() {
   local providers=$1 rc=0 op
   local out
   mapfile -t out < <(out_args)
-  # One process per op and part: each writes its rows when it ends, so a time limit costs only the part it cut.
-  for op in linf l2 random_start; do
-    # shellcheck disable=SC2086  # PGD_ARGS is a list of flags
-    "$PY" -m bench.bench_pgd_step --ops "$op" --providers "$providers" ${out[@]+"${out[@]}"} ${PGD_ARGS:-} || rc=1
-  done
+  # One process per op and part, each writing its rows when it ends, so that a time limit costs only the part
+  # it cut; the parts with targets (L-inf step, averaging) first.
+  # shellcheck disable=SC2086  # PGD_ARGS / AVG_ARGS are lists of flags
+  "$PY" -m bench.bench_pgd_step --ops linf --providers "$providers" ${out[@]+"${out[@]}"} ${PGD_ARGS:-} || rc=1
   # shellcheck disable=SC2086
   "$PY" -m bench.bench_averaging --no-resnet18 --providers "$providers" ${out[@]+"${out[@]}"} ${AVG_ARGS:-} || rc=1
   # shellcheck disable=SC2086
   "$PY" -m bench.bench_averaging --sizes none --providers "$providers$2" ${out[@]+"${out[@]}"} ${AVG_ARGS:-} || rc=1
+  for op in random_start l2; do
+    # shellcheck disable=SC2086
+    "$PY" -m bench.bench_pgd_step --ops "$op" --providers "$providers" ${out[@]+"${out[@]}"} ${PGD_ARGS:-} || rc=1
+  done
   return "$rc"
 }
 

@@ -173,7 +173,8 @@ def test_every_core_stage_runs_in_order_and_writes_its_results(tmp_path):
     assert files == ["2026-01-01-stand-in-h200-end-to-end.json", "2026-01-01-stand-in-h200.json", "gpu_all.log",
                      "stages.json", "trace.json.gz"], files
     kernel_runs = json.loads((out / "2026-01-01-stand-in-h200.json").read_text())
-    assert [r["args"][2] for r in kernel_runs] == ["--ops"] * 3 + ["--no-resnet18", "--sizes"]
+    parts = [" ".join(r["args"][2:4]) for r in kernel_runs]
+    assert parts == ["--ops linf", "--no-resnet18 --providers", "--sizes none", "--ops random_start", "--ops l2"]
     assert all(r["commit"] == "0123abc" and r["kernel_tests"].startswith("passed") for r in kernel_runs)
     assert all("compile" not in r["args"][r["args"].index("--providers") + 1].split(",") for r in kernel_runs)
     e2e = json.loads((out / "2026-01-01-stand-in-h200-end-to-end.json").read_text())
