@@ -156,14 +156,16 @@ def _run_l2(x_adv, grad, x, eps: Scalar, step: Scalar, lo: float, hi: float, pol
 
 
 @torch.no_grad()
-def _run_random_start(x, eps: Scalar, seed: int, lo: float, hi: float, policy: str) -> torch.Tensor:
+def _run_random_start(x, eps: Scalar, seed: int, lo: float, hi: float, policy: str, sample_offset: int = 0,
+                      total_samples: int = -1) -> torch.Tensor:
     provider = resolve_policy(policy or None, x)
     if provider == "cuda":
         raise _no_native("pgd_random_start")
     if provider == "triton":
         with _on(x):
-            return pgd_random_start_triton(x, eps, seed, lo, hi)
-    return pgd_random_start_reference(x, eps, seed, lo, hi)
+            return pgd_random_start_triton(x, eps, seed, lo, hi, sample_offset=sample_offset)
+    return pgd_random_start_reference(x, eps, seed, lo, hi, sample_offset=sample_offset,
+                                      total_samples=None if total_samples < 0 else total_samples)
 
 
 @torch.no_grad()
@@ -222,12 +224,12 @@ def _(x_adv, grad, x, eps, eps_t, step, step_t, lo, hi, policy) -> None:
 
 @torch.library.custom_op(f"{_NS}::pgd_random_start", mutates_args=())
 def _pgd_random_start_op(x: torch.Tensor, eps: float, eps_t: Optional[torch.Tensor], seed: int,  # noqa: UP045
-                         lo: float, hi: float, policy: str) -> torch.Tensor:
-    return _run_random_start(x, _pick(eps, eps_t), seed, lo, hi, policy)
+                         lo: float, hi: float, policy: str, sample_offset: int, total_samples: int) -> torch.Tensor:
+    return _run_random_start(x, _pick(eps, eps_t), seed, lo, hi, policy, sample_offset, total_samples)
 
 
 @_pgd_random_start_op.register_fake
-def _(x, eps, eps_t, seed, lo, hi, policy) -> torch.Tensor:
+def _(x, eps, eps_t, seed, lo, hi, policy, sample_offset, total_samples) -> torch.Tensor:
     return torch.empty_like(x)  # the providers allocate with empty_like too: same strides
 
 
@@ -316,11 +318,14 @@ def pgd_l2_step_(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, eps: 
 
 
 def pgd_random_start(x: torch.Tensor, eps: Scalar, seed: int, lo: float = 0.0, hi: float = 1.0, *,
-                     policy: str | None = None) -> torch.Tensor:
+                     policy: str | None = None, sample_offset: int = 0,
+                     total_samples: int | None = None) -> torch.Tensor:
     """A new tensor clamp(x + U(-eps, eps), lo, hi), laid out like x, drawn from `seed`.
 
     The same seed with the same provider (and device) gives the same start; the torch and Triton providers
-    draw different streams. Pass a fresh seed per attack to get fresh starts.
+    draw different streams. Pass a fresh seed per attack to get fresh starts. With `sample_offset` k and
+    `total_samples` T (default k + N), x's samples get the noise of rows k .. k + N - 1 of a batch of T rows
+    drawn with the same seed (a rank's slice of a global batch; kernels/pgd_step.py).
     """
     fn = "pgd_random_start"
     _check_tensor(fn, "x", x, _X_DTYPES)
@@ -331,9 +336,17 @@ def pgd_random_start(x: torch.Tensor, eps: Scalar, seed: int, lo: float = 0.0, h
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
         raise ValueError(f"{fn}: seed must be an int in [0, 2**63), got {seed!r}")
     pol = _check_policy(fn, policy)
+    rows = x.shape[0] if x.dim() else 1
+    for name, v in (("sample_offset", sample_offset), ("total_samples", total_samples)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0):
+            raise ValueError(f"{fn}: {name} must be an int >= 0, got {v!r}")
+    total = sample_offset + rows if total_samples is None else int(total_samples)
+    if sample_offset + rows > total or (sample_offset and x.dim() == 0):
+        raise ValueError(f"{fn}: rows [{sample_offset}, {sample_offset + rows}) of x do not fit a batch of {total}")
     if torch.compiler.is_compiling():
-        return torch.ops.generalist_kernels.pgd_random_start(x, eps_f, eps_t, int(seed), float(lo), float(hi), pol)
-    return _run_random_start(x, _pick(eps_f, eps_t), int(seed), float(lo), float(hi), pol)
+        return torch.ops.generalist_kernels.pgd_random_start(x, eps_f, eps_t, int(seed), float(lo), float(hi), pol,
+                                                             int(sample_offset), total)
+    return _run_random_start(x, _pick(eps_f, eps_t), int(seed), float(lo), float(hi), pol, int(sample_offset), total)
 
 
 def generalist_average_(theta_r: torch.Tensor, theta_n: torch.Tensor, s_r: torch.Tensor, s_n: torch.Tensor,

@@ -14,6 +14,12 @@ Random streams: the Triton provider draws Philox numbers keyed by (seed, storage
 provider torch.rand from a generator seeded with `seed` on x's device. Each is reproducible (same seed,
 same provider, same device and layout give the same start), but the two providers draw different
 numbers, and so do the torch provider's CPU and CUDA generators.
+
+Sample windows (data parallelism): with `sample_offset` k and `total_samples` T, x's sample i gets the noise
+of row k + i of a batch of T rows, so that the ranks' slices of a global batch together draw exactly what one
+process draws for the whole batch, and no two ranks draw the same. The Triton provider adds k times the
+per-sample size to its Philox counter (which needs each sample contiguous in memory: contiguous or
+channels_last); the torch provider draws the T rows and keeps rows k .. k + N - 1.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from kernels.dispatch import HAS_TRITON, tl, triton
-from kernels.layout import per_sample_view, sample_stride
+from kernels.layout import batch_outermost, per_sample_view, sample_stride
 
 # Memory-bound: 4096 elements per program and 8 warps give each thread 16 elements (four 16-byte loads
 # per fp32 operand) in flight, enough to cover HBM latency without a grid-stride loop.
@@ -45,12 +51,20 @@ def pgd_linf_step_reference(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Te
 
 
 def pgd_random_start_reference(x: torch.Tensor, eps: float | torch.Tensor, seed: int,
-                               lo: float = 0.0, hi: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
-    """clamp(x + U(-eps, eps), lo, hi) in torch, noise from torch.rand seeded with `seed` on x's device."""
+                               lo: float = 0.0, hi: float = 1.0, out: torch.Tensor | None = None, *,
+                               sample_offset: int = 0, total_samples: int | None = None) -> torch.Tensor:
+    """clamp(x + U(-eps, eps), lo, hi) in torch, noise from torch.rand seeded with `seed` on x's device; x's
+    sample i gets row sample_offset + i of the draw for a batch of total_samples rows (module docstring)."""
     gen = torch.Generator(device=x.device)
     gen.manual_seed(seed)
+    shape = x.shape
+    if x.dim() and (sample_offset or (total_samples is not None and total_samples != x.shape[0])):
+        shape = (total_samples if total_samples is not None else sample_offset + x.shape[0], *x.shape[1:])
     # torch.rand is in [0, 1), so u is in [-1, 1).
-    u = torch.rand(x.shape, generator=gen, device=x.device, dtype=torch.float32).mul_(2.0).sub_(1.0)
+    u = torch.rand(shape, generator=gen, device=x.device, dtype=torch.float32)
+    if shape != x.shape:
+        u = u[sample_offset:sample_offset + x.shape[0]]
+    u = u.mul_(2.0).sub_(1.0)
     new = x.float() + per_sample_view(eps, x) * u
     if out is None:
         out = torch.empty_like(x)
@@ -114,13 +128,14 @@ if HAS_TRITON:
         lo,
         hi,
         seed,  # Philox key; the counter is the storage offset, so the draw does not depend on BLOCK
+        counter_base,  # sample_offset * elements per sample: the storage offset of x[0] in the global batch
         EPS_PER_SAMPLE: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < numel
         x0 = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
-        u = tl.rand(seed, offs) * 2.0 - 1.0  # tl.rand is in [0, 1), so u is in [-1, 1)
+        u = tl.rand(seed, counter_base + offs) * 2.0 - 1.0  # tl.rand is in [0, 1), so u is in [-1, 1)
         if EPS_PER_SAMPLE:
             radius = tl.load(eps_ptr + (offs // sample_stride) % n_samples, mask=mask, other=0.0)
         else:
@@ -154,19 +169,25 @@ def pgd_linf_step_triton(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tenso
 
 
 def pgd_random_start_triton(x: torch.Tensor, eps: float | torch.Tensor, seed: int,
-                            lo: float = 0.0, hi: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Launch the random start into `out` (new, laid out like x, when None). x dense."""
+                            lo: float = 0.0, hi: float = 1.0, out: torch.Tensor | None = None, *,
+                            sample_offset: int = 0) -> torch.Tensor:
+    """Launch the random start into `out` (new, laid out like x, when None). x dense; with a sample_offset, each
+    sample contiguous (batch_outermost)."""
     if out is None:
         out = torch.empty_like(x)  # preserve_format: same strides as a dense x
     numel = x.numel()
     if numel == 0:
         return out
+    if sample_offset and not batch_outermost(x):
+        raise ValueError(f"pgd_random_start: a sample_offset needs each sample contiguous in memory; got strides "
+                         f"{x.stride()} for shape {tuple(x.shape)}")
+    counter_base = sample_offset * (numel // x.shape[0]) if x.dim() else 0
     eps_per_sample = isinstance(eps, torch.Tensor)
     grid = (triton.cdiv(numel, _BLOCK),)
     _pgd_random_start_kernel[grid](
         out, x, eps if eps_per_sample else x,
         numel, sample_stride(x), x.shape[0] if x.dim() else 1,
-        0.0 if eps_per_sample else float(eps), float(lo), float(hi), int(seed),
+        0.0 if eps_per_sample else float(eps), float(lo), float(hi), int(seed), counter_base,
         EPS_PER_SAMPLE=eps_per_sample, BLOCK=_BLOCK, num_warps=_NUM_WARPS,
     )
     return out

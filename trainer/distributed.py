@@ -193,6 +193,11 @@ def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
     return _all_reduce(values, dist.ReduceOp.MAX)
 
 
+def all_reduce_min(values: torch.Tensor) -> torch.Tensor:
+    """The elementwise minimum over ranks (a new tensor on `values`' device); `values` itself if not distributed."""
+    return _all_reduce(values, dist.ReduceOp.MIN)
+
+
 def _all_reduce(values: torch.Tensor, op) -> torch.Tensor:
     if not is_distributed():
         return values
@@ -208,21 +213,6 @@ def broadcast(values: torch.Tensor, src: int = 0) -> torch.Tensor:
     buf = values.detach().to(_comm_device(), copy=True)
     dist.broadcast(buf, src=src)
     return buf.to(values.device)
-
-
-def mean_over_ranks(metrics: Mapping[str, float]) -> dict[str, float]:
-    """The mean of each scalar metric over ranks (one all-reduce for all of them).
-
-    With equal slices the mean of the ranks' slice means is the global batch mean, so a logged loss or
-    accuracy is the one of the global batch; a NaN on any rank makes the metric NaN on every rank, so
-    the non-finite guard stops all ranks at the same step.
-    """
-    if not is_distributed():
-        return dict(metrics)
-    keys = sorted(metrics)
-    summed = all_reduce_sum(torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64))
-    means = dict(zip(keys, (summed / world_size()).tolist()))
-    return {k: means[k] for k in metrics}
 
 
 def shard_bounds(count: int, shard_rank: int | None = None, shards: int | None = None) -> tuple[int, int]:

@@ -1,24 +1,25 @@
 """The NaN/Inf guard: a non-finite loss or parameter stops the run before it can reach a checkpoint.
 
-Two checks, at two prices:
-- every step, every loss-like scalar of the step's metrics (already Python floats: free). A non-finite
-  parameter of a trained network makes the very next loss non-finite, so this catches a blow-up of the
-  trained networks one step after it happens;
-- every `train.finite_check_every_steps` steps, and always right before a checkpoint is written, every
-  floating-point parameter and buffer of every network of the method (and, at checkpoints, the
-  optimiser state). This is what sees the tensors no loss looks at: Generalist's averaged networks
-  (S_R, S_N and the shipped G), BatchNorm statistics, momentum buffers. It is one `isfinite` pass over
-  the weights plus one device sync, so it runs every N steps rather than every step; the check before
-  each save is what guarantees that last.pt / best.pt never receive poisoned weights.
+Nothing here reads the device inside a training step (trainer/engine/step_metrics.py says why). Three checks:
+- every step, every loss of the step (metrics typed `Kind.LOSS`, each naming the network it trains): the
+  `StepAccumulator` records the first non-finite one on the device. A non-finite parameter of a trained network
+  makes the very next loss non-finite, so this catches a blow-up of the trained networks one step after it;
+- every `train.finite_check_every_steps` steps, every floating-point parameter and buffer of every network of
+  the method, also on the device (`after_step`): what no loss looks at, i.e. Generalist's averaged networks
+  (S_R, S_N and the shipped G) and BatchNorm statistics;
+- right before a checkpoint is written, the same on the host (`check_networks`), with the optimiser state
+  (momentum buffers) too: the guarantee that last.pt / best.pt never receive poisoned weights.
+The first two are read at the training loop's boundaries (a logged step, a checkpoint, the end of an epoch)
+with the step metrics, in their one copy (`check`); the error still names the step where the failure happened,
+which the device recorded, and training stops before the checkpoint that follows.
 
-Under fp16 a dynamic loss scaler skips the steps whose gradients overflow; a method reports that with
-a `skipped_steps` metric (the number of optimiser steps it skipped in this train_step). Such a step's
-non-finite loss is expected: it is counted and reported, not treated as a failure.
+Under fp16 a dynamic loss scaler skips the steps whose gradients overflow; a method reports that with a
+`Kind.SKIPPED_STEPS` metric (the optimiser steps it skipped in the step). Such a step's non-finite loss is
+expected: it is counted and reported, not treated as a failure.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,27 +27,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainer.engine.step_metrics import Snapshot, StepAccumulator
 from trainer.errors import TrainerError
 
-SKIPPED_STEPS = "skipped_steps"
+# The name of the parameter check in the StepAccumulator's records.
+PARAMETER_CHECK = "parameters"
 
 
 class NonFiniteError(TrainerError, FloatingPointError):
     """Training produced a NaN or Inf; the run was stopped before that state was checkpointed."""
-
-
-def is_loss_like(metric: str) -> bool:
-    """Losses and the KL term of TRADES (robust_loss, natural_loss, loss, kl, robust_kl, ...)."""
-    return "loss" in metric or metric == "kl" or metric.endswith("_kl")
-
-
-def network_of_metric(metric: str, networks: Iterable[str]) -> str:
-    """The network a metric belongs to: its name prefix (robust_loss -> robust), else the only network."""
-    names = list(networks)
-    for name in sorted(names, key=len, reverse=True):
-        if metric.startswith(f"{name}_"):
-            return name
-    return names[0] if len(names) == 1 else "the method's combined objective"
 
 
 def first_non_finite(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> tuple[str, torch.Tensor] | None:
@@ -74,6 +63,12 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> Iterable[tuple[str, t
                 yield f"{key} of parameter #{index}", value
 
 
+def network_tensors(networks: Mapping[str, nn.Module]) -> list[tuple[str, str, torch.Tensor]]:
+    """(network, tensor name, tensor) of every floating-point parameter and buffer, in a fixed order."""
+    return [(net_name, name, t.detach()) for net_name, net in networks.items()
+            for name, t in [*net.named_parameters(), *net.named_buffers()] if t.is_floating_point()]
+
+
 @dataclass
 class LastGood:
     path: Path
@@ -97,24 +92,44 @@ class FiniteGuard:
     def record_checkpoint(self, path: Path, step: int) -> None:
         self.last_good = LastGood(Path(path), step)
 
-    def after_step(self, metrics: Mapping[str, float], *, step: int, epoch: int,
-                   networks: Mapping[str, nn.Module]) -> None:
-        """Check a finished step's metrics, and every `every_steps` steps the networks' tensors."""
-        skipped = metrics.get(SKIPPED_STEPS, 0)
-        if skipped and math.isfinite(skipped) and skipped > 0:
-            self.skipped_steps += int(skipped)
-            print(f"step {step} (epoch {epoch}): the loss scaler skipped {int(skipped)} optimiser step(s) "
+    def after_step(self, steps: StepAccumulator, *, step: int, networks: Mapping[str, nn.Module]) -> None:
+        """Every `every_steps` steps, check every network tensor on the device into `steps` (no host read)."""
+        if not (self.every_steps and step % self.every_steps == 0):
+            return
+        tensors = network_tensors(networks)
+        if not tensors:
+            return
+        finite = torch.stack([torch.isfinite(t).all() for _, _, t in tensors])  # (T,) bool
+        steps.record_check(PARAMETER_CHECK, ~finite, step)
+
+    def check(self, snapshot: Snapshot, *, epoch: int, networks: Mapping[str, nn.Module]) -> None:
+        """At a boundary, from the one read of the step metrics: report skipped steps; raise on a non-finite loss
+        or a failed parameter check (the earlier of the two)."""
+        if snapshot.new_skipped:
+            self.skipped_steps += snapshot.new_skipped
+            span = (f"step {snapshot.step}" if snapshot.unread_from >= snapshot.step
+                    else f"steps {snapshot.unread_from}-{snapshot.step}")
+            print(f"{span} (epoch {epoch}): the loss scaler skipped {snapshot.new_skipped} optimiser step(s) "
                   f"with non-finite gradients; {self.skipped_steps} skipped so far")
-        else:
-            for name, value in metrics.items():
-                if is_loss_like(name) and not math.isfinite(value):
-                    self._fail(f"non-finite {name} = {value}", step, epoch, network_of_metric(name, networks))
-        if self.every_steps and step % self.every_steps == 0:
-            self.check_networks(step=step, epoch=epoch, networks=networks)
+        loss, params = snapshot.non_finite, snapshot.checks.get(PARAMETER_CHECK)
+        if loss is not None and (params is None or loss.step <= params.step):
+            self._fail(f"non-finite {loss.metric} = {loss.value}", loss.step, epoch,
+                       loss.network or "the method's combined objective")
+        if params is not None:
+            self._fail_parameter(params.step, params.index, epoch, snapshot.step, networks)
+
+    def _fail_parameter(self, step: int, index: int, epoch: int, read_step: int,
+                        networks: Mapping[str, nn.Module]) -> None:
+        # The listing is the same at every check of a run (same modules, same order), so the index names it.
+        net_name, tensor_name, tensor = network_tensors(networks)[index]
+        # Counted now (a host read, at a boundary); after the failing step the tensor may have changed since.
+        counted = "" if read_step == step else f", counted at step {read_step}"
+        self._fail(f"non-finite parameter '{tensor_name}' ({describe_non_finite(tensor)}{counted})", step, epoch,
+                   net_name)
 
     def check_networks(self, *, step: int, epoch: int, networks: Mapping[str, nn.Module],
                        optimizers: Mapping[str, torch.optim.Optimizer] | None = None) -> None:
-        """Every floating-point parameter and buffer of every network (and optimiser state, if given)."""
+        """Every floating-point parameter and buffer of every network (and optimiser state, if given), on the host."""
         for net_name, net in networks.items():
             bad = first_non_finite([*net.named_parameters(), *net.named_buffers()])
             if bad is not None:

@@ -33,8 +33,9 @@ def apex_fused_sgd() -> type:
 
 
 def build_sgd(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, device: torch.device, *,
-              impl: str = "torch", capturable: bool = False) -> torch.optim.Optimizer:
-    """SGD with momentum by `impl` (torch | apex); see the module docstring."""
+              impl: str = "torch", capturable: bool = False, fused: bool | None = None) -> torch.optim.Optimizer:
+    """SGD with momentum by `impl` (torch | apex); see the module docstring. `fused`: torch's fused kernel (None: on
+    CUDA only); the engine asks for it under an fp16 loss scale, which it then applies without a host read."""
     params = list(params)
     lr = cfg.lr.values[0]
     if impl == "apex":
@@ -48,7 +49,7 @@ def build_sgd(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, device: to
                                 nesterov=cfg.nesterov)
     if impl != "torch":
         raise ConfigError(f"config field 'engine.optimizer_impl' = {impl!r}: expected 'torch' or 'apex'")
-    fused = device.type == "cuda"
+    fused = device.type == "cuda" if fused is None else fused
     if capturable:
         if not fused:
             raise ConfigError(f"build_sgd: capturable=True needs CUDA (the fused kernel), this run is on {device}")

@@ -21,16 +21,15 @@ from trainer.distributed import (
     barrier,
     init_distributed,
     is_distributed,
-    mean_over_ranks,
     record_replicas,
     shard_bounds,
     world_size,
 )
 from trainer.distributed import rank as dist_rank
-from trainer.engine import apply_backend_policy
+from trainer.engine import Kind, StepAccumulator, apply_backend_policy
 from trainer.errors import CheckpointError, ConfigError, Interrupted
 from trainer.eval import correct_mask
-from trainer.guards import SKIPPED_STEPS, FiniteGuard
+from trainer.guards import FiniteGuard
 from trainer.methods import Method
 from trainer.metrics import MetricsLogger
 from trainer.run_lock import RunFolderLock, acquire_run_folder
@@ -208,6 +207,8 @@ def _train(cfg: RunConfig, resume: bool, run_dir: Path, rank0: bool, progress: _
     logger = MetricsLogger(run_dir)
 
     guard = FiniteGuard(tcfg.finite_check_every_steps)
+    # The step metrics, on the device until a boundary reads them (trainer/engine/step_metrics.py).
+    steps = StepAccumulator(session.device)
     epoch, start_batch, best, best_epoch = 1, 0, None, None
     if resume:
         # last.pt, or last.prev.pt when last.pt fails its checksum (the rejected file is set aside).
@@ -255,10 +256,18 @@ def _train(cfg: RunConfig, resume: bool, run_dir: Path, rank0: bool, progress: _
         print(f"data parallel: {world_size()} processes, each trains on {cfg.data.batch_size // world_size()} of "
               f"every global batch of {cfg.data.batch_size}")
 
+    def read_steps(ep: int):
+        # A CPU-GPU sync point, the only one of the step loop: the step metrics and the guard's device-side records
+        # in one copy (under torchrun reduced over ranks first, so every rank sees the same and stops together).
+        snapshot = steps.read()
+        guard.check(snapshot, epoch=ep, networks=method.networks())
+        return snapshot
+
     def checkpoint(path_name: str, ep: int, batch: int) -> None:
         # Nothing non-finite may reach disk: the guard raises first and the previous files stay as they are.
         # Every rank checks its (identical) state, so all stop together instead of rank 0 alone while the
         # others wait in the next collective.
+        read_steps(ep if batch else ep - 1)
         guard.check_networks(step=method.global_step, epoch=ep if batch else ep - 1, networks=method.networks(),
                              optimizers=method.optimizers())
         if rank0:  # rank 0 writes; every rank holds the same state (assert_replicas_identical)
@@ -270,26 +279,29 @@ def _train(cfg: RunConfig, resume: bool, run_dir: Path, rank0: bool, progress: _
     for ep in range(epoch, tcfg.epochs + 1):
         sched = method.start_epoch(ep)
         first = start_batch if ep == epoch else 0
-        sums: dict[str, float] = {}
-        count = 0
+        steps.start_epoch()
         t0 = time.perf_counter()
         bar = tqdm(total=len(loader), initial=first, desc=f"epoch {ep}/{tcfg.epochs}", leave=False,
                    disable=not (tcfg.progress and rank0), dynamic_ncols=True)
         for b, (x, y) in enumerate(loader.batches(ep, start=first), start=first):
             x = x.to(session.device, non_blocking=True)
             y = y.to(session.device, non_blocking=True)
-            # Global-batch means on every rank (equal slices): the same logs and the same guard decisions.
-            metrics = mean_over_ranks(method.train_step(x, y))
-            guard.after_step(metrics, step=method.global_step, epoch=ep, networks=method.networks())
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
+            if is_distributed() and len(x):
+                # This rank's rows of the global batch: the attacks' random starts follow each row's global index.
+                global_rows = min(cfg.data.batch_size, len(session.splits.train) - b * cfg.data.batch_size)
+                method.set_sample_window(dist_rank() * (cfg.data.batch_size // world_size()), global_rows)
+            # No host read inside the step: the metrics stay on the device until a boundary reads them.
+            steps.add(method.device_step(x, y), method.global_step)
+            guard.after_step(steps, step=method.global_step, networks=method.networks())
             bar.update(1)
             if replica_check_every and method.global_step % replica_check_every == 0:
                 assert_replicas_identical(dict([shipped_model(method)]), f"step {method.global_step}")
-            if tcfg.log_every_steps and method.global_step % tcfg.log_every_steps == 0 and rank0:
-                logger.log_step({"step": method.global_step, "epoch": ep, **sched, **metrics})
-                bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if "loss" in k})
+            if tcfg.log_every_steps and method.global_step % tcfg.log_every_steps == 0:
+                snapshot = read_steps(ep)  # on every rank: under torchrun the read is a collective
+                if rank0:
+                    logger.log_step({"step": method.global_step, "epoch": ep, **sched, **snapshot.last})
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in snapshot.last.items()
+                                     if snapshot.kinds[k] is Kind.LOSS})
             if tcfg.max_steps is not None and method.global_step >= tcfg.max_steps:
                 bar.close()
                 checkpoint(LAST, ep, b + 1)
@@ -299,6 +311,7 @@ def _train(cfg: RunConfig, resume: bool, run_dir: Path, rank0: bool, progress: _
             if tcfg.checkpoint_every_steps and method.global_step % tcfg.checkpoint_every_steps == 0:
                 checkpoint(LAST, ep, b + 1)
         bar.close()
+        snapshot = read_steps(ep)
         method.end_epoch(ep)
         if is_distributed():
             assert_replicas_identical(method.networks(), f"end of epoch {ep}")
@@ -306,8 +319,8 @@ def _train(cfg: RunConfig, resume: bool, run_dir: Path, rank0: bool, progress: _
         val = validate(session, ep)
         # Means over the epoch's steps, but the fp16 loss scalers' skipped steps are counted (their sum).
         row = {"epoch": ep, "step": method.global_step, **sched,
-               **{f"train_{k}": v if k == SKIPPED_STEPS else v / max(count, 1) for k, v in sums.items()}, **val,
-               "epoch_seconds": round(seconds, 2), "images_per_second": round(count * cfg.data.batch_size /
+               **{f"train_{k}": v for k, v in snapshot.epoch_means().items()}, **val,
+               "epoch_seconds": round(seconds, 2), "images_per_second": round(snapshot.steps * cfg.data.batch_size /
                                                                                 max(seconds, 1e-9), 1)}
         selectable = method.selectable_epoch(ep)
         if selectable and best_epoch is not None and not method.selectable_epoch(best_epoch):

@@ -72,8 +72,8 @@ def test_rst_loss_equals_the_direct_formula(tmp_path):
     natural = F.cross_entropy(model(x), y)
     robust = F.cross_entropy(model(x_adv), y)
     torch.testing.assert_close(loss, natural + beta * robust)
-    assert metrics["natural_loss"] == pytest.approx(float(natural.detach()))
-    assert metrics["robust_loss"] == pytest.approx(float(robust.detach()))
+    assert float(metrics["natural_loss"].value) == pytest.approx(float(natural.detach()))
+    assert float(metrics["robust_loss"].value) == pytest.approx(float(robust.detach()))
     # The attack moved the points inside the ball, and the adversarial term carries weight.
     assert 0 < float((x_adv - x).abs().max()) <= cfg.attack.eps + 1e-6
     assert float(robust.detach()) > float(natural.detach())

@@ -25,12 +25,13 @@ from .worker import batchnorm_free
 REPO = Path(__file__).resolve().parents[2]
 
 # 192 training images in global batches of 32: 6 steps per epoch, each rank trains on 16 rows of each.
-# No random start and no dropout: the only randomness left (crops, flips, order) is the loader's, which
-# is a function of the position in the epoch, so both runs see exactly the same global batches.
+# The loader's randomness (crops, flips, order) is a function of the position in the epoch, so both runs see
+# exactly the same global batches; the attacks' random starts are drawn per row of the global batch, so each
+# rank draws its rows' starts and together they are the one process's. No dropout: its masks are per rank.
 TINY = [
     "data.dataset=synthetic", "data.synthetic_shape=[1, 12, 12]", "data.synthetic_train_size=224",
     "data.synthetic_test_size=64", "data.val_size=32", "data.batch_size=32", "data.eval_batch_size=64",
-    "model.arch=small_cnn", "attack.eps=0.1", "attack.step=0.05", "attack.steps=2", "attack.random_start=false",
+    "model.arch=small_cnn", "attack.eps=0.1", "attack.step=0.05", "attack.steps=2",
     "method.name=generalist", "method.generalist.sync_start=0.5",
     "train.epochs=2", "train.val_points=32", "train.val_pgd_steps=2", "train.progress=false",
     "train.log_every_steps=1", "train.dist_backend=gloo", "eval.num_points=32",
@@ -66,7 +67,8 @@ def check_replicas_file(run_dir: Path) -> dict:
 
 
 def test_two_processes_match_one_process_and_resume_exactly(tmp_path, monkeypatch):
-    """Generalist (PGD-AT robust expert) on a BatchNorm-free small CNN, 12 steps with a redistribution epoch.
+    """Generalist (PGD-AT robust expert, random starts on) on a BatchNorm-free small CNN, 12 steps with a
+    redistribution epoch.
 
     BatchNorm is left out because in train mode it normalises each rank's slice with the slice's own
     statistics, which legitimately differs from one process normalising the whole batch.
@@ -118,7 +120,7 @@ def test_cli_under_torchrun_with_batchnorm_trains_identical_replicas_and_shards_
     torch DataLoader backend (the other test uses the cpu one; all backends shard alike, tests/data), then
     the sharded test-set evaluation of best.pt."""
     run = tmp_path / "run"
-    overrides = [o for o in TINY if o != "attack.random_start=false"] + ["data.backend=torch", "data.num_workers=0"]
+    overrides = [*TINY, "data.backend=torch", "data.num_workers=0"]
     done = torchrun("-m", "trainer", "train", *overrides, f"train.out_dir={run}",
                     "method.generalist.robust_objective=trades", "eval.attacks=[clean, pgd]")
     record = check_replicas_file(run)

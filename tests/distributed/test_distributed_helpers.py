@@ -11,12 +11,12 @@ from torch import nn
 from trainer.config import load_config
 from trainer.distributed import (
     LaunchEnv,
+    all_reduce_min,
     all_reduce_sum,
     fingerprint,
     init_distributed,
     is_distributed,
     launch_env,
-    mean_over_ranks,
     process_device,
     shard_bounds,
     state_digest,
@@ -73,7 +73,7 @@ def test_single_process_collectives_are_identities():
     assert init_distributed("auto", torch.device("cpu")) == launch_env()
     t = torch.tensor([1.5, 2.0])
     assert all_reduce_sum(t) is t
-    assert mean_over_ranks({"loss": 0.25, "acc": 1.0}) == {"loss": 0.25, "acc": 1.0}
+    assert all_reduce_min(t) is t
     assert shard_bounds(10) == (0, 10)
     shares = [shard_bounds(10, r, 3) for r in range(3)]
     assert shares == [(0, 3), (3, 6), (6, 10)]  # contiguous, disjoint, covering every point

@@ -76,8 +76,8 @@ def test_pgd_at_loss_is_the_joint_two_hot_cross_entropy(adv_weight):
     torch.testing.assert_close(loss.double(), expected)
     assert set(metrics) == {"acc", "adv_acc", "adv_dummy"}
     # 0-dim device tensors: reading them would sync the host with the device inside every step.
-    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in metrics.values())
-    assert 0.0 <= metrics["adv_dummy"] <= 1.0
+    assert all(isinstance(m.value, torch.Tensor) and m.value.dim() == 0 for m in metrics.values())
+    assert 0.0 <= float(metrics["adv_dummy"].value) <= 1.0
 
 
 def test_trades_loss_adds_beta_kl_over_the_2c_classes():
@@ -93,7 +93,7 @@ def test_trades_loss_adds_beta_kl_over_the_2c_classes():
     p_clean, p_adv = z[:5].softmax(1), z[5:].softmax(1)
     kl = (p_clean * (p_clean.log() - p_adv.log())).sum() / 5
     torch.testing.assert_close(loss.double(), direct_soft_ce(z, targets) + 6.0 * kl)
-    assert float(metrics["kl"]) == pytest.approx(float(kl.detach()), rel=1e-4, abs=1e-7)
+    assert float(metrics["kl"].value) == pytest.approx(float(kl.detach()), rel=1e-4, abs=1e-7)
 
 
 @pytest.mark.parametrize("target", ["two_hot", "hard"])
@@ -124,7 +124,7 @@ def test_the_loss_pulls_adversarial_inputs_to_the_dummy_class():
         loss.backward()
         opt.step()
     # The adversarial half is now predicted as dummies of the right class; the fold recovers them.
-    assert metrics["adv_dummy"] == 1.0 and metrics["adv_acc"] == 1.0
+    assert float(metrics["adv_dummy"].value) == 1.0 and float(metrics["adv_acc"].value) == 1.0
 
 
 def test_activation_schedule_is_a_fraction_of_the_run():

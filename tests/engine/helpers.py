@@ -69,17 +69,81 @@ class NoHostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def storage_key(t: torch.Tensor) -> int:
-    return t.untyped_storage().data_ptr()
+Span = tuple[int, int, int]  # (storage address, first byte, one past the last byte)
 
 
-class StorageAccess(TorchDispatchMode):
-    """Records the storages every op reads and writes (writes: arguments the op's schema marks as mutated)."""
+class HostReads(TorchDispatchMode):
+    """Counts the reads of a tensor value on the host: .item(), float(t), int(t), bool(t), torch.equal (one
+    `_local_scalar_dense` or `equal` each), .tolist() and .numpy(). On a GPU each is a device sync.
+
+    Not counted: the value of a one-element draw from the CPU generator (`draw_seed`, `draw_update_seed`): that
+    generator lives on the host, so on a GPU run reading its draw waits for nothing.
+    """
 
     def __init__(self):
         super().__init__()
-        self.read: set[int] = set()
-        self.written: set[int] = set()
+        self.reads: list[str] = []
+        self._host_draws: set[int] = set()
+        self._patched: list[tuple[str, object]] = []
+
+    def __enter__(self):
+        for name in ("tolist", "numpy"):
+            original = getattr(torch.Tensor, name)
+            self._patched.append((name, original))
+
+            def counted(tensor, *args, _original=original, _name=name, **kwargs):
+                self.reads.append(f"Tensor.{_name}")
+                return _original(tensor, *args, **kwargs)
+
+            setattr(torch.Tensor, name, counted)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for name, original in self._patched:
+            setattr(torch.Tensor, name, original)
+        self._patched.clear()
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if (func in (torch.ops.aten.randint.low, torch.ops.aten.randint.default) and out.numel() == 1
+                and out.device.type == "cpu"):
+            self._host_draws.add(out.untyped_storage().data_ptr())
+        elif func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+            if args[0].untyped_storage().data_ptr() not in self._host_draws:
+                self.reads.append(str(func))
+        elif func in (torch.ops.aten.equal.default, torch.ops.aten.is_nonzero.default):
+            self.reads.append(str(func))
+        return out
+
+
+def storage_key(t: torch.Tensor) -> Span:
+    """The bytes of its storage a tensor can reach. Spans, not whole storages: tensors of different networks
+    may share one storage without sharing an element (Generalist's packed BatchNorm counters)."""
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
+    first = t.storage_offset() * t.element_size()
+    return t.untyped_storage().data_ptr(), first, first + extent * t.element_size()
+
+
+def overlap(a: set[Span], b: set[Span]) -> bool:
+    """Whether a span of `a` and a span of `b` share a byte."""
+    by_storage: dict[int, list[tuple[int, int]]] = {}
+    for ptr, lo, hi in b:
+        by_storage.setdefault(ptr, []).append((lo, hi))
+    return any(lo < b_hi and b_lo < hi for ptr, lo, hi in a for b_lo, b_hi in by_storage.get(ptr, ()))
+
+
+def touches(spans: set[Span], t: torch.Tensor) -> bool:
+    return overlap(spans, {storage_key(t)})
+
+
+class StorageAccess(TorchDispatchMode):
+    """Records the spans every op reads and writes (writes: arguments the op's schema marks as mutated)."""
+
+    def __init__(self):
+        super().__init__()
+        self.read: set[Span] = set()
+        self.written: set[Span] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

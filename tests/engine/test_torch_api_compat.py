@@ -52,7 +52,7 @@ torch.nn.parallel.DistributedDataParallel.__init__ torch.no_grad torch.optim tor
 torch.profiler torch.profiler.ProfilerActivity torch.profiler.ProfilerActivity.CPU
 torch.profiler.ProfilerActivity.CUDA torch.profiler.profile torch.profiler.record_function torch.rand torch.randint
 torch.randn torch.set_num_threads torch.set_rng_state torch.stack torch.tensor torch.uint8
-torch.use_deterministic_algorithms torch.where torch.zeros
+torch.use_deterministic_algorithms torch.where torch.zeros torch.zeros_like torch.preserve_format
 """.split())
 
 # Attributes of torch objects (streams, events, tensors) that torch 2.11 does not have, under any receiver.

@@ -96,3 +96,45 @@ def test_argument_errors():
         pgd_random_start(x, 0.1, seed=1.5)
     with pytest.raises(ValueError, match=r"eps must be a float or a tensor of shape \(4,\)"):
         pgd_random_start(x, torch.ones(3), seed=1)
+
+
+# Sample windows (data parallelism): a rank's slice draws what one process draws for those rows of the batch.
+
+
+@pytest.mark.parametrize("memory_format", [None, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_window_draws_the_rows_of_the_whole_batch(provider, dtype, memory_format):
+    x = _x((6, 3, 5, 7), dtype, memory_format, seed=2)  # 105 elements per sample: not a power of two
+    whole = pgd_random_start(x, 8 / 255, seed=31, policy=provider)
+    slices = []
+    for offset, stop in ((0, 2), (2, 4), (4, 6), (1, 6)):
+        part = pgd_random_start(x[offset:stop].contiguous(memory_format=memory_format or torch.contiguous_format),
+                                8 / 255, seed=31, policy=provider, sample_offset=offset, total_samples=6)
+        assert torch.equal(part, whole[offset:stop]), (provider, offset, stop)
+        slices.append(part)
+    # Two ranks' halves differ (they are different rows of one draw), and put together they are the whole batch.
+    assert not torch.equal(slices[0] - x[0:2], slices[1] - x[2:4])
+    assert torch.equal(torch.cat(slices[:3]), whole)
+
+
+def test_offset_zero_of_the_whole_batch_is_the_plain_draw(provider):
+    x = _x((4, 1, 9, 9), seed=5)
+    plain = pgd_random_start(x, 0.1, seed=8, policy=provider)
+    assert torch.equal(pgd_random_start(x, 0.1, seed=8, policy=provider, sample_offset=0, total_samples=4), plain)
+    # The reference with no window is the draw it always was: torch.rand of x's shape from a generator seeded 8.
+    if provider == "torch":
+        u = torch.rand(x.shape, generator=torch.Generator(device=x.device).manual_seed(8), device=x.device)
+        assert torch.equal(plain, (x + 0.1 * u.mul_(2.0).sub_(1.0)).clamp_(0.0, 1.0))
+
+
+def test_window_argument_errors():
+    x = torch.rand(4, 3)
+    with pytest.raises(ValueError, match=r"rows \[3, 7\) of x do not fit a batch of 6"):
+        pgd_random_start(x, 0.1, seed=1, sample_offset=3, total_samples=6)
+    with pytest.raises(ValueError, match="sample_offset must be an int >= 0"):
+        pgd_random_start(x, 0.1, seed=1, sample_offset=-1)
+    ok, _ = triton_runs_here()
+    if ok:
+        strided = torch.rand(3, 4, device=DEVICE).t()  # dense, but a sample is not one contiguous run
+        with pytest.raises(ValueError, match="each sample contiguous"):
+            pgd_random_start_triton(strided, 0.1, 1, sample_offset=1)

@@ -12,11 +12,13 @@ import trainer.training as training
 from tests.reliability.runs import STEPS, tiny_config
 from trainer.checkpoint import BEST, LAST, load_checkpoint
 from trainer.cli import main
+from trainer.engine.step_metrics import StepAccumulator, for_network, loss_metric, mean_metric, skipped_metric
 from trainer.errors import TrainerError
-from trainer.guards import FiniteGuard, NonFiniteError, first_non_finite, is_loss_like, network_of_metric
+from trainer.guards import FiniteGuard, NonFiniteError, first_non_finite
 
 # No redistribution in epoch 1 (sync only from epoch 2): a poisoned G stays in G.
 IN_PROCESS = ("train.deterministic=false", "train.threads=0", "method.generalist.sync_start=1.0")
+CPU = torch.device("cpu")
 
 
 def _net():
@@ -24,14 +26,40 @@ def _net():
     return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
 
 
-def test_loss_like_metrics_and_their_network():
-    assert [m for m in ("loss", "robust_loss", "kl", "robust_kl", "adv_acc", "decay", "lr") if is_loss_like(m)] \
-        == ["loss", "robust_loss", "kl", "robust_kl"]
-    nets = ["robust", "natural", "avg_robust", "avg_natural", "global"]
-    assert network_of_metric("robust_loss", nets) == "robust"
-    assert network_of_metric("avg_robust_loss", nets) == "avg_robust"
-    assert network_of_metric("loss", ["model"]) == "model"
-    assert network_of_metric("loss", nets) == "the method's combined objective"
+def _t(value):
+    return torch.tensor(value, dtype=torch.float32)
+
+
+class Run:
+    """A guard and the training loop's StepAccumulator, driven as the loop drives them."""
+
+    def __init__(self, every_steps: int = 0):
+        self.guard, self.steps = FiniteGuard(every_steps), StepAccumulator(CPU)
+
+    def step(self, metrics, *, step, networks):
+        self.steps.add(metrics, step)
+        self.guard.after_step(self.steps, step=step, networks=networks)
+
+    def boundary(self, *, epoch, networks):
+        self.guard.check(self.steps.read(), epoch=epoch, networks=networks)
+
+    def logged_step(self, metrics, *, step, epoch, networks):
+        """A step at train.log_every_steps = 1: every step is a boundary."""
+        self.step(metrics, step=step, networks=networks)
+        self.boundary(epoch=epoch, networks=networks)
+
+
+def test_the_guard_knows_losses_by_their_type_not_their_name():
+    nets = {"robust": _net(), "natural": _net()}
+    # Named like a loss but typed as a plain value (an accuracy, a fraction): not the guard's business.
+    Run().logged_step({"robust_loss": mean_metric(_t(math.nan))}, step=1, epoch=1, networks=nets)
+    # Named like no loss, typed as the robust expert's loss term: checked, and the network is the one it trains.
+    metrics = for_network({"kl": loss_metric(_t(math.inf))}, "robust")
+    with pytest.raises(NonFiniteError, match="non-finite kl = inf at step 2 .* in network 'robust'"):
+        Run().logged_step(metrics, step=2, epoch=1, networks=nets)
+    # A loss that names no network belongs to the method's combined objective.
+    with pytest.raises(NonFiniteError, match="in network 'the method's combined objective'"):
+        Run().logged_step({"total": loss_metric(_t(-math.inf))}, step=3, epoch=1, networks=nets)
 
 
 def test_first_non_finite_skips_integer_tensors_and_finds_the_first_bad_one():
@@ -43,46 +71,85 @@ def test_first_non_finite_skips_integer_tensors_and_finds_the_first_bad_one():
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_non_finite_loss_names_step_epoch_network_quantity_and_last_good(tmp_path, value):
-    guard = FiniteGuard(every_steps=0)
-    guard.after_step({"robust_loss": 1.0, "natural_loss": 0.5}, step=6, epoch=2, networks={"robust": _net()})
-    guard.record_checkpoint(tmp_path / LAST, 5)
+    run = Run()
+    run.logged_step({"robust_loss": loss_metric(_t(1.0), "robust"), "natural_loss": loss_metric(_t(0.5), "natural")},
+                    step=6, epoch=2, networks={"robust": _net()})
+    run.guard.record_checkpoint(tmp_path / LAST, 5)
     with pytest.raises(NonFiniteError) as info:
-        guard.after_step({"robust_loss": 1.0, "natural_loss": value, "natural_acc": 0.5}, step=7, epoch=2,
-                         networks={"robust": _net(), "natural": _net()})
+        run.logged_step({"robust_loss": loss_metric(_t(1.0), "robust"),
+                         "natural_loss": loss_metric(_t(value), "natural"), "natural_acc": mean_metric(_t(0.5))},
+                        step=7, epoch=2, networks={"robust": _net(), "natural": _net()})
     message = str(info.value)
     assert f"non-finite natural_loss = {value} at step 7 (epoch 2) in network 'natural'" in message
     assert f"the last good checkpoint, {tmp_path / LAST} (step 5), is intact" in message
     assert isinstance(info.value, TrainerError) and isinstance(info.value, FloatingPointError)
 
 
+def test_read_at_a_later_boundary_the_error_still_names_the_step_it_happened_at():
+    """Steps 3..8 without a read in between (log_every_steps = 0): the device kept the first failure, step 5's
+    natural loss, although steps 6-8 went non-finite too; a host float loss is checked the same way."""
+    run, nets = Run(), {"robust": _net(), "natural": _net()}
+    for step in range(3, 9):
+        bad = step >= 5
+        run.step({"robust_loss": loss_metric(_t(math.inf if step >= 7 else 1.0), "robust"),
+                  "natural_loss": loss_metric(_t(math.nan if bad else 0.5), "natural")}, step=step, networks=nets)
+    with pytest.raises(NonFiniteError, match=r"non-finite natural_loss = nan at step 5 \(epoch 3\) in network "
+                                             r"'natural'"):
+        run.boundary(epoch=3, networks=nets)
+    run = Run()
+    run.step({"loss": loss_metric(_t(1.0), "model")}, step=1, networks=nets)
+    run.step({"loss": loss_metric(_t(1.0), "model"), "host_loss": loss_metric(math.inf, "model")}, step=2,
+             networks=nets)
+    with pytest.raises(NonFiniteError, match="non-finite host_loss = inf at step 2"):
+        run.boundary(epoch=1, networks=nets)
+
+
 def test_without_a_checkpoint_yet_the_message_says_so():
     with pytest.raises(NonFiniteError, match="no checkpoint had been written yet"):
-        FiniteGuard(0).after_step({"loss": math.nan}, step=1, epoch=1, networks={"model": _net()})
+        Run().logged_step({"loss": loss_metric(_t(math.nan), "model")}, step=1, epoch=1, networks={"model": _net()})
 
 
 def test_skipped_steps_are_counted_and_reported_not_failures(capsys):
-    guard = FiniteGuard(every_steps=0)
-    guard.after_step({"loss": math.inf, "skipped_steps": 1}, step=3, epoch=1, networks={"model": _net()})
-    guard.after_step({"loss": 0.7, "skipped_steps": 0}, step=4, epoch=1, networks={"model": _net()})
-    guard.after_step({"robust_loss": math.nan, "skipped_steps": 2}, step=5, epoch=1, networks={"model": _net()})
-    assert guard.skipped_steps == 3
+    run, nets = Run(), {"model": _net()}
+    run.logged_step({"loss": loss_metric(_t(math.inf), "model"), "skipped_steps": skipped_metric(_t(1))}, step=3,
+                    epoch=1, networks=nets)
+    run.logged_step({"loss": loss_metric(_t(0.7), "model"), "skipped_steps": skipped_metric(_t(0))}, step=4, epoch=1,
+                    networks=nets)
+    run.logged_step({"robust_loss": loss_metric(_t(math.nan), "model"), "skipped_steps": skipped_metric(_t(2))},
+                    step=5, epoch=1, networks=nets)
+    assert run.guard.skipped_steps == 3
     out = capsys.readouterr().out
     assert "step 3 (epoch 1): the loss scaler skipped 1 optimiser step(s)" in out and "3 skipped so far" in out
     with pytest.raises(NonFiniteError, match="loss = inf at step 6"):
-        guard.after_step({"loss": math.inf, "skipped_steps": 0}, step=6, epoch=1, networks={"model": _net()})
+        run.logged_step({"loss": loss_metric(_t(math.inf), "model"), "skipped_steps": skipped_metric(_t(0))}, step=6,
+                        epoch=1, networks=nets)
+    # Read every few steps, the report covers the steps since the last read.
+    run = Run()
+    for step in (1, 2, 3):
+        run.step({"loss": loss_metric(_t(0.5), "model"), "skipped_steps": skipped_metric(_t(step % 2))}, step=step,
+                 networks=nets)
+    run.boundary(epoch=1, networks=nets)
+    assert "steps 1-3 (epoch 1): the loss scaler skipped 2 optimiser step(s)" in capsys.readouterr().out
 
 
 def test_parameters_are_checked_every_n_steps_and_name_the_tensor():
     net = _net()
     with torch.no_grad():
         net[1].running_var[2] = math.nan  # a buffer no loss of this step would show
-    guard = FiniteGuard(every_steps=4)
+    run = Run(every_steps=4)
     for step in (1, 2, 3):
-        guard.after_step({"loss": 0.1}, step=step, epoch=1, networks={"model": net})
+        run.logged_step({"loss": loss_metric(_t(0.1), "model")}, step=step, epoch=1, networks={"model": net})
     with pytest.raises(NonFiniteError, match=r"non-finite parameter '1.running_var' \(1 NaN and 0 Inf among its "
                                              r"4 values\) at step 4 \(epoch 1\) in network 'model'"):
-        guard.after_step({"loss": 0.1}, step=4, epoch=1, networks={"model": net})
-    FiniteGuard(every_steps=0).after_step({"loss": 0.1}, step=4, epoch=1, networks={"model": net})
+        run.logged_step({"loss": loss_metric(_t(0.1), "model")}, step=4, epoch=1, networks={"model": net})
+    Run(every_steps=0).logged_step({"loss": loss_metric(_t(0.1), "model")}, step=4, epoch=1, networks={"model": net})
+    # Checked on the device at step 4, read at step 6: the step of the check, and when the values were counted.
+    run = Run(every_steps=4)
+    for step in range(1, 7):
+        run.step({"loss": loss_metric(_t(0.1), "model")}, step=step, networks={"model": net})
+    with pytest.raises(NonFiniteError, match=r"'1.running_var' \(1 NaN and 0 Inf among its 4 values, counted at "
+                                             r"step 6\) at step 4 \(epoch 1\)"):
+        run.boundary(epoch=1, networks={"model": net})
 
 
 def test_optimizer_state_is_checked_when_given():
@@ -99,20 +166,20 @@ def test_optimizer_state_is_checked_when_given():
 
 
 def _tamper_after_step(monkeypatch, at_step, tamper):
-    """Wrap the method's train_step so that `tamper(method, metrics)` runs after step `at_step`."""
+    """Wrap the method's device_step so that `tamper(method, metrics)` runs after step `at_step`."""
     real_open = training.open_session
 
     def open_session(cfg):
         session = real_open(cfg)
-        method, step = session.method, session.method.train_step
+        method, step = session.method, session.method.device_step
 
-        def train_step(x, y):
+        def device_step(x, y):
             metrics = step(x, y)
             if method.global_step == at_step:
                 tamper(method, metrics)
             return metrics
 
-        method.train_step = train_step
+        method.device_step = device_step
         return session
 
     monkeypatch.setattr(training, "open_session", open_session)
@@ -161,7 +228,7 @@ def test_periodic_check_catches_it_between_checkpoints(tmp_path, monkeypatch):
 
 def test_skipped_steps_do_not_stop_training_and_are_logged(tmp_path, monkeypatch, capsys):
     def scaler_skipped(method, metrics):
-        metrics.update(robust_loss=math.inf, skipped_steps=1)
+        metrics.update(robust_loss=loss_metric(_t(math.inf), "robust"), skipped_steps=skipped_metric(_t(1)))
 
     _tamper_after_step(monkeypatch, 2, scaler_skipped)
     result = training.train(tiny_config(tmp_path, *IN_PROCESS))
@@ -172,7 +239,8 @@ def test_skipped_steps_do_not_stop_training_and_are_logged(tmp_path, monkeypatch
 
 
 def test_cli_exits_2_with_the_guard_message(tmp_path, monkeypatch, capsys):
-    _tamper_after_step(monkeypatch, 2, lambda method, metrics: metrics.update(natural_loss=math.nan))
+    _tamper_after_step(monkeypatch, 2, lambda method, metrics: metrics.update(
+        natural_loss=loss_metric(_t(math.nan), "natural")))
     cfg_args = [f"train.out_dir={tmp_path}", *IN_PROCESS]
     from tests.reliability.runs import TINY
     assert main(["train", "--no-eval", *TINY, *cfg_args]) == 2

@@ -12,5 +12,8 @@ __all__ = ["Attack", "CWLinf", "PGD", "TradesKL", "build_train_attack", "cw_marg
 
 
 def build_train_attack(cfg: AttackConfig) -> PGD:
-    """The training-time PGD; randomness from the global torch RNG, which checkpoints capture."""
-    return PGD(cfg.eps, cfg.step, cfg.steps, norm=cfg.norm, random_start=cfg.random_start)
+    """The training-time PGD; randomness from the global torch RNG, which checkpoints capture. No host-side
+    input range check: the loaders produce [0, 1] by construction, and a read per call would stall every step."""
+    attack = PGD(cfg.eps, cfg.step, cfg.steps, norm=cfg.norm, random_start=cfg.random_start)
+    attack.check_input_range = False
+    return attack

@@ -1,6 +1,11 @@
 """The contract every attack fulfils, owned here so that each attack is only its loss and its loop.
 
-- Inputs are pixels in [0,1] (N, C, H, W); eps and step are in pixel space.
+- Inputs are pixels in [0,1] (N, C, H, W); eps and step are in pixel space. Each call checks that, with one
+  host read, unless `check_input_range` is off: the training attacks turn it off (a read per attack call would
+  stall every training step), since the loaders produce [0, 1] by construction (uint8 / 255).
+- Random starts are drawn per sample by its row in a global batch: sample i of x is row `sample_offset + i` of
+  a draw over `total_samples` rows (default: x's own rows). Under torchrun each rank sets its slice's window
+  (`set_sample_window`), so the ranks' starts differ and together equal one process's on the global batch.
 - The device is the input's; the attack draws its randomness from a `torch.Generator` it is given,
   or from the global torch RNG (which the trainer checkpoints, so runs resume exactly).
 - The model runs in eval mode inside `eval_mode`, which restores every submodule's own training
@@ -71,13 +76,30 @@ class Attack(ABC):
         self.step = float(step)
         self.steps = int(steps)
         self.generator = generator
+        self.check_input_range = True
+        self.sample_offset = 0
+        self.total_samples: int | None = None
+
+    def set_sample_window(self, offset: int, total: int) -> None:
+        """The inputs of the next calls are rows [offset, offset + N) of a batch of `total` rows."""
+        if not 0 <= offset < total:
+            raise ValueError(f"{type(self).__name__}: sample window offset {offset} outside a batch of {total}")
+        self.sample_offset, self.total_samples = int(offset), int(total)
+
+    def window_rows(self, n: int) -> tuple[int, int]:
+        """(offset, total) of a batch of `n` rows: where its samples' random draws are taken from."""
+        total = self.sample_offset + n if self.total_samples is None else self.total_samples
+        if self.sample_offset + n > total:
+            raise ValueError(f"{type(self).__name__}: rows [{self.sample_offset}, {self.sample_offset + n}) do not "
+                             f"fit the sample window of {total} rows")
+        return self.sample_offset, total
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) floats in [0,1]; y: (N,) int64 labels -> detached x_adv like x."""
         if not x.is_floating_point() or x.dim() < 2:
             raise ValueError(f"{type(self).__name__}: expected float inputs (N, C, H, W), "
                              f"got {x.dtype} {tuple(x.shape)}")
-        if x.numel() > 0:
+        if self.check_input_range and x.numel() > 0:
             lo, hi = torch.aminmax(x.detach())
             if bool((lo < 0.0) | (hi > 1.0)):  # one host sync per call, not two
                 raise ValueError(f"{type(self).__name__}: inputs must lie in [0, 1], "

@@ -14,18 +14,23 @@ from trainer.errors import ConfigError
 NORMS = ("linf", "l2")
 
 
-def l2_random_start(x: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
+def l2_random_start(x: torch.Tensor, eps: float, generator: torch.Generator | None, *, sample_offset: int = 0,
+                    total_samples: int | None = None) -> torch.Tensor:
     """x + delta, delta uniform in the L2 ball of radius eps, then clamped to [0,1].
 
     Uniform in the ball: a Gaussian direction normalised to the sphere, scaled by eps * U^(1/d)
     with d the number of pixels per sample. Clamping only shrinks |delta| coordinate-wise, so the
-    start stays inside the ball.
+    start stays inside the ball. Sample i takes row sample_offset + i of the draws for a batch of
+    total_samples rows (default: x's own rows), as `pgd_random_start` does.
     """
     n = x.shape[0]
     d = x[0].numel()
-    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    rows = n if total_samples is None else total_samples
+    window = slice(sample_offset, sample_offset + n)
+    direction = torch.randn((rows, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)[window]
     norms = direction.flatten(1).norm(dim=1).clamp_min(1e-12)  # (N,)
-    radius = eps * torch.rand(n, generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)  # (N,)
+    uniform = torch.rand(rows, generator=generator, device=x.device, dtype=x.dtype)[window]
+    radius = eps * uniform ** (1.0 / d)  # (N,)
     shape = (n,) + (1,) * (x.dim() - 1)
     return (x + direction * (radius / norms).view(shape)).clamp_(0.0, 1.0)
 
@@ -65,9 +70,11 @@ class PGD(Attack):
         seed = draw_seed(self.generator)  # drawn even when eps == 0, so the RNG stream does not depend on eps
         if self.eps == 0:
             return x.clone()
+        offset, total = self.window_rows(x.shape[0])
         if self.norm == "linf":
-            return pgd_random_start(x, self.eps, seed)
-        return l2_random_start(x, self.eps, local_generator(seed, x.device))
+            return pgd_random_start(x, self.eps, seed, sample_offset=offset, total_samples=total)
+        return l2_random_start(x, self.eps, local_generator(seed, x.device), sample_offset=offset,
+                               total_samples=total)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.zero_grad_fraction = None

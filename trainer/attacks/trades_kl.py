@@ -26,7 +26,10 @@ class TradesKL(Attack):
         if self.eps == 0:
             return x.clone()
         gen = local_generator(seed, x.device)
-        noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)  # (N, C, H, W)
+        # Row sample_offset + i of the draw for the whole (global) batch (trainer/attacks/base.py).
+        offset, total = self.window_rows(x.shape[0])
+        noise = torch.randn((total, *x.shape[1:]), generator=gen, device=x.device,
+                            dtype=x.dtype)[offset:offset + x.shape[0]]  # (N, C, H, W)
         x_adv = torch.min(torch.max(x + self.start_std * noise, x - self.eps), x + self.eps).clamp_(0.0, 1.0)
         with torch.no_grad():
             p_clean = F.softmax(model(x).float(), dim=1)  # (N, K), the fixed target distribution

@@ -9,9 +9,10 @@ from trainer.engine.engine import Engine
 from trainer.engine.phases import PHASES, PhaseTimer, phase, phase_ranges, timing_phases
 from trainer.engine.precision import LossScaler, Precision, autocast
 from trainer.engine.settings import EngineSettings, resolve_engine
-from trainer.engine.step_metrics import host_scalars
+from trainer.engine.step_metrics import Kind, Metric, StepAccumulator, StepMetrics, host_values
 from trainer.engine.streams import ExpertStreams, draw_update_seed, independent_rng
 
-__all__ = ["PHASES", "Engine", "EngineSettings", "ExpertStreams", "LossScaler", "PhaseTimer", "Precision",
-           "apply_backend_policy", "autocast", "backend_state", "draw_update_seed", "host_scalars",
+__all__ = ["PHASES", "Engine", "EngineSettings", "ExpertStreams", "Kind", "LossScaler", "Metric", "PhaseTimer",
+           "Precision", "StepAccumulator", "StepMetrics", "apply_backend_policy", "autocast", "backend_state",
+           "draw_update_seed", "host_values",
            "independent_rng", "phase", "phase_ranges", "resolve_engine", "restore_backend_state", "timing_phases"]

@@ -4,7 +4,7 @@ A PGD-10 iteration launches hundreds of small kernels; at CIFAR sizes the host's
 GPU, sets the pace. Captured once, the whole iteration is one graph launch.
 
 How (torch's "whole network capture" recipe):
-- the step is a function (x, y) -> dict of 0-dim metric tensors that never reads a value on the host
+- the step is a function (x, y) -> typed metrics of 0-dim tensors (StepMetrics) that never reads a value on the host
   (no .item(), no float(tensor), no data-dependent Python branch), so it can be captured;
 - the first `warmup_steps` calls run it eagerly on a side stream, on the real batches (they are real training
   steps): cuDNN autotuning, the lazy optimiser state (momentum buffers) and autocast all settle there;
@@ -15,7 +15,8 @@ How (torch's "whole network capture" recipe):
 What the capture requires of the rest of the engine (resolved in trainer/engine/settings.py and config.py):
 - learning rates are device tensors (`trainer/optim.py`, capturable=True), changed in place by set_lr, so
   the schedule reaches a graph that baked no host float; momentum and weight decay are constant;
-- autocast with its weight cache disabled; no fp16 loss scaler (it reads its overflow flag on the host);
+- autocast with its weight cache disabled; no fp16 loss scaler (GradScaler's step is not documented as
+  capturable, and its bookkeeping per optimiser runs in Python, which a replay skips);
   no DDP, no DUCAT, no TRADES (their losses read metrics on the host);
 - the attack's random start drawn from the default CUDA generator (graph-safe: each replay advances its
   Philox offset), not from a host-drawn seed that the capture would freeze (`GraphSafePGD`); and no
@@ -37,8 +38,9 @@ from torch import nn
 
 from trainer.attacks.base import eval_mode
 from trainer.attacks.pgd import PGD, l2_random_start
+from trainer.engine.step_metrics import StepMetrics
 
-StepFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+StepFn = Callable[[torch.Tensor, torch.Tensor], StepMetrics]
 
 
 class GraphSafePGD(PGD):
@@ -67,8 +69,8 @@ def _signature(x: torch.Tensor, y: torch.Tensor) -> tuple:
 class GraphedStep:
     """Calls `step(x, y)`: eagerly for the warm-up calls, then as a captured CUDA graph; see the module doc.
 
-    The returned tensors of a replay are the graph's static outputs, overwritten by the next replay: read
-    them (the methods turn them into floats) before calling again.
+    The returned tensors of a replay are the graph's static outputs, overwritten by the next replay: use them
+    (the training loop's StepAccumulator copies them on the device, in stream order) before calling again.
     """
 
     def __init__(self, step: StepFn, optimizers: list[torch.optim.Optimizer], device: torch.device,
@@ -87,7 +89,7 @@ class GraphedStep:
         self._signature: tuple | None = None
         self._static_x: torch.Tensor | None = None
         self._static_y: torch.Tensor | None = None
-        self._static_out: dict[str, torch.Tensor] = {}
+        self._static_out: StepMetrics = {}
         self._side = torch.cuda.Stream(device)
 
     @property
@@ -104,9 +106,9 @@ class GraphedStep:
         main.wait_stream(self._side)
         x.record_stream(self._side)
         y.record_stream(self._side)
-        for t in out.values():
-            if isinstance(t, torch.Tensor):
-                t.record_stream(main)
+        for metric in out.values():
+            if isinstance(metric.value, torch.Tensor):
+                metric.value.record_stream(main)
         return out
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -123,7 +125,7 @@ class GraphedStep:
         self.graph = graph
         self._signature = _signature(x, y)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
         self.calls += 1
         if self.graph is None:
             if self.calls <= self.warmup_steps:

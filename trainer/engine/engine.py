@@ -55,8 +55,19 @@ class Engine:
         return x
 
     def optimizer(self, params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-        return build_sgd(params, cfg, self.device, impl=self.settings.optimizer_impl,
-                         capturable=self.settings.cuda_graphs)
+        # Fused under an fp16 loss scale: GradScaler then passes its overflow flag to the kernel, which skips the
+        # step on the device, instead of reading the flag on the host (trainer/engine/precision.py).
+        params = list(params)
+        optimizer = build_sgd(params, cfg, self.device, impl=self.settings.optimizer_impl,
+                              capturable=self.settings.cuda_graphs, fused=True if self.settings.loss_scaling else None)
+        if self.settings.loss_scaling and cfg.momentum and isinstance(optimizer, torch.optim.SGD):
+            # torch's fused SGD allocates the momentum buffers uninitialised (empty_like) on its first step and
+            # fills them in the kernel, which a skipped step (fp16 overflow) exits before: the next step would
+            # then start from garbage. Zero buffers created here make the first step an ordinary one, and
+            # m * 0 + g = g is exactly the first step's buffer (SGD without dampening, as build_sgd builds it).
+            for p in params:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return optimizer
 
     def compiled(self, module: nn.Module) -> nn.Module:
         return compile_module(module, self.settings.compile)

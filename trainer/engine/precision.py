@@ -37,27 +37,30 @@ class LossScaler:
     """Zero the gradients, backward, optimiser step, for one optimiser; with a dynamic loss scale when enabled.
 
     Disabled (bf16 / fp32) it is exactly `zero_grad(); loss.backward(); optimizer.step()` and never touches the
-    host. Enabled (fp16) it is torch.amp.GradScaler's scale / step / update, and `update` tells whether the
-    step was skipped for non-finite gradients (two host reads of the scale: the scaler's own step already
-    synchronises on its overflow flag, so they cost no extra wait).
+    host. Enabled (fp16) it is torch.amp.GradScaler's scale / step / update, and `update` returns whether the step
+    was skipped for non-finite gradients as a device tensor: the scale, a device tensor, went down. No host read:
+    GradScaler hands its overflow flag to an optimiser that supports it (the fused SGD the engine builds under
+    fp16, `_step_supports_amp_scaling`), which skips the update on the device; with any other optimiser (apex's)
+    GradScaler itself reads the flag on the host before stepping.
     """
 
     def __init__(self, device: torch.device, enabled: bool):
         self.enabled = enabled
         self.scaler = torch.amp.GradScaler(device.type, enabled=enabled)
 
-    def update(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> int:
-        """One optimisation step on `loss`; returns 1 when the loss scaler skipped it, else 0."""
+    def update(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> torch.Tensor | int:
+        """One optimisation step on `loss`; returns 1 when the loss scaler skipped it, else 0 (a 0-dim int64 device
+        tensor when enabled)."""
         optimizer.zero_grad(set_to_none=True)
         if not self.enabled:
             loss.backward()
             optimizer.step()
             return 0
-        scale_before = self.scaler.get_scale()
-        self.scaler.scale(loss).backward()
-        self.scaler.step(optimizer)  # skips optimizer.step() when a gradient is inf / NaN after unscaling
-        self.scaler.update()  # halves the scale after an overflow, grows it after growth_interval clean steps
-        return int(self.scaler.get_scale() < scale_before)
+        self.scaler.scale(loss).backward()  # the first scale() creates the scale tensor
+        scale_before = self.scaler._get_scale_async().clone()  # (1,) fp32 on the device
+        self.scaler.step(optimizer)  # skips the update when a gradient is inf / NaN after unscaling
+        self.scaler.update()  # halves the scale (in place) after an overflow, grows it after growth_interval steps
+        return (self.scaler._get_scale_async() < scale_before).reshape(()).to(torch.int64)
 
     def state_dict(self) -> dict:
         """Plain Python values (checkpoints load with weights_only=True); empty when disabled."""

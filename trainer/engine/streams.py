@@ -28,11 +28,13 @@ current stream. `order` exists so that tests can run both orders and show the up
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
+from torch import nn
 
 Metrics = Mapping[str, object]
 T = TypeVar("T")
@@ -74,8 +76,41 @@ def independent_rng(seed: int, device: torch.device) -> Iterator[None]:
             g.set_state(state)
 
 
+class RankRandomForward(nn.Module):
+    """`module`'s forward on random generators of this rank's own, for the training forward under torchrun.
+
+    Every rank starts from the same seed, so that the global generators rank 0 checkpoints are every rank's
+    and a resume is exact; drawn from them, dropout would repeat one mask pattern on every rank's slice. Here
+    each forward runs on generators seeded from (run seed, network, step, call within the step, rank), and
+    `independent_rng` puts the global ones back afterwards: the masks differ between ranks (and between
+    forwards), the shared stream the attacks' random starts come from stays in step on every rank, and a
+    resume is exact, since every input of the seed is configuration or checkpointed state. What it does not
+    give is one process's masks: a rank's masks are not those one process would draw for the same rows.
+    """
+
+    def __init__(self, module: nn.Module, *, name: str, rank: int, seed: int, device: torch.device,
+                 step: Callable[[], int]):
+        super().__init__()
+        self.module = module
+        self.name, self.rank, self.seed, self.device, self.step = name, rank, seed, torch.device(device), step
+        self._step: int | None = None
+        self._calls = 0
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        step = self.step()
+        if step != self._step:
+            self._step, self._calls = step, 0
+        key = f"{self.seed}/{self.name}/{step}/{self._calls}/{self.rank}".encode()
+        self._calls += 1
+        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1  # 63 bits
+        with independent_rng(seed, self.device):
+            return self.module(*args, **kwargs)
+
+
 def _tensors(metrics: Metrics) -> list[torch.Tensor]:
-    return [v for v in metrics.values() if isinstance(v, torch.Tensor)]
+    """The device tensors of a dict of metrics (typed `Metric`s or plain values)."""
+    values = [getattr(v, "value", v) for v in metrics.values()]
+    return [v for v in values if isinstance(v, torch.Tensor)]
 
 
 class ExpertStreams:

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from trainer.config import OptimConfig, RunConfig
-from trainer.distributed import average_buffers_, data_parallel
-from trainer.engine import Engine, LossScaler, host_scalars, phase
-from trainer.engine.step_metrics import MetricValue
+from trainer.distributed import average_buffers_, data_parallel, rank, world_size
+from trainer.engine import Engine, LossScaler, phase
+from trainer.engine.step_metrics import StepMetrics, for_network, host_values, loss_metric, mean_metric, skipped_metric
+from trainer.engine.streams import RankRandomForward
 from trainer.optim import set_lr
 
 ModelFactory = Callable[[], nn.Module]
@@ -43,6 +44,16 @@ class Method(ABC):
         same weights (after a resume has loaded them)."""
         raise NotImplementedError(f"method '{self.name}' does not support data-parallel training")
 
+    def data_parallel_forward(self, module: nn.Module, name: str) -> nn.Module:
+        """What a network's training forward runs through under torchrun: its DDP wrapper (compiled under
+        engine.compile), and with more than one process on random generators of this rank's own, so that
+        dropout masks differ between the ranks' slices (trainer/engine/streams.py RankRandomForward)."""
+        wrapped = self.engine.compiled(data_parallel(module, self.device))
+        if world_size() == 1:
+            return wrapped
+        return RankRandomForward(wrapped, name=name, rank=rank(), seed=self.cfg.train.seed, device=self.device,
+                                 step=lambda: self.global_step)
+
     @abstractmethod
     def networks(self) -> dict[str, nn.Module]: ...
 
@@ -57,8 +68,24 @@ class Method(ABC):
         """Set the epoch's schedule values (1-based epoch); return them for logging."""
 
     @abstractmethod
+    def device_step(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
+        """One optimisation step on a batch of [0,1] inputs; its metrics stay on the device, typed (what the
+        training loop calls: no host read inside the step, trainer/engine/step_metrics.py)."""
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """One optimisation step on a batch of [0,1] inputs; returns scalar metrics for logging."""
+        """`device_step`, then its metrics as floats: one device-to-host copy, which waits for the step to finish."""
+        return host_values(self.device_step(x, y))
+
+    def training_attacks(self) -> list:
+        """The attacks the training step runs (their random starts follow `set_sample_window`)."""
+        return []
+
+    def set_sample_window(self, offset: int, total: int) -> None:
+        """Under torchrun: this rank's batches are rows [offset, offset + n) of global batches of `total` rows.
+        The training attacks then draw each sample's random start by its global row, so that the ranks' starts
+        differ and together equal one process's on the global batch (trainer/attacks/base.py)."""
+        for attack in self.training_attacks():
+            attack.set_sample_window(offset, total)
 
     def end_epoch(self, epoch: int) -> None:
         """Hook after the last step of an epoch."""
@@ -91,19 +118,15 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.float(), y)
 
 
-def accuracy_count(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return float((logits.argmax(1) == y).float().mean())
-
-
 def batch_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Like accuracy_count, as a 0-dim device tensor: no host sync inside the step (trainer/engine/step_metrics.py)."""
+    """Fraction of correct predictions as a 0-dim device tensor: no host sync inside the step."""
     return (logits.detach().argmax(1) == y).float().mean()
 
 
-def attack_metrics(attack: object) -> dict[str, torch.Tensor]:
+def attack_metrics(attack: object) -> StepMetrics:
     """The attack's diagnostics of its last call, for the step metrics (PGD: fraction of zero input gradients)."""
     fraction = getattr(attack, "zero_grad_fraction", None)
-    return {"attack_zero_grad_fraction": fraction} if isinstance(fraction, torch.Tensor) else {}
+    return {"attack_zero_grad_fraction": mean_metric(fraction)} if isinstance(fraction, torch.Tensor) else {}
 
 
 class SingleNetworkMethod(Method):
@@ -127,7 +150,7 @@ class SingleNetworkMethod(Method):
         self.graphed_step = self.engine.graphed(self._step, [self.optimizer])
 
     def enable_data_parallel(self) -> None:
-        self.train_model = self.engine.compiled(data_parallel(self.model, self.device))
+        self.train_model = self.data_parallel_forward(self.model, "model")
         self.data_parallel = True
 
     def loss_scalers(self) -> dict[str, LossScaler]:
@@ -148,29 +171,33 @@ class SingleNetworkMethod(Method):
         return {"lr": lr}
 
     @abstractmethod
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, MetricValue]]:
-        """The batch loss with the model in train mode, and metrics to log (floats, or better 0-dim tensors:
-        no host sync inside the step); the forward that backward() differentiates runs through
-        `self.train_model`, attacks through `self.run_model` (or the plain `self.model`). Runs under the
-        engine's autocast; an attack inside marks itself with `phase("attack")`."""
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, StepMetrics]:
+        """The batch loss with the model in train mode, and typed metrics to log (0-dim device tensors: no host
+        sync inside the step; a loss term among them is a `loss_metric`). The forward that backward()
+        differentiates runs through `self.train_model`, attacks through `self.run_model` (or the plain
+        `self.model`). Runs under the engine's autocast; an attack inside marks itself with `phase("attack")`."""
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, MetricValue]:
+    def training_attacks(self) -> list:
+        attack = getattr(self, "attack", None)
+        return [attack] if attack is not None else []
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
         """Loss, backward, optimiser step; metrics stay on the device (the CUDA-graph-captured function)."""
         with phase(self.update_phase):
             with self.engine.autocast():
                 loss, metrics = self.loss(x, y)
             # Under DDP the backward also averages the gradients over ranks.
             skipped = self.scaler.update(loss, self.optimizer)
-        out: dict[str, MetricValue] = {"loss": loss.detach(), **metrics}
+        out: StepMetrics = {"loss": loss_metric(loss, "model"), **for_network(metrics, "model")}
         out.update(attack_metrics(getattr(self, "attack", None)))
         if self.scaler.enabled:
-            out["skipped_steps"] = skipped
+            out["skipped_steps"] = skipped_metric(skipped)
         return out
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def device_step(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
         x = self.engine.prepare(x)
         metrics = self.graphed_step(x, y) if self.graphed_step is not None else self._step(x, y)
         if self.data_parallel:
             average_buffers_(self.model)
         self.global_step += 1
-        return host_scalars(metrics)
+        return metrics

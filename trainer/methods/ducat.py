@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.config import DUCAT_METHODS, DucatConfig
+from trainer.engine.step_metrics import StepMetrics, loss_metric, mean_metric
 from trainer.errors import ConfigError
 from trainer.eval.class_fold import fold_max, fold_models
 from trainer.models import with_dummy_classes
@@ -105,28 +106,29 @@ class DucatObjective:
         return soft_cross_entropy(logits, targets), logits_clean, logits_adv
 
     @staticmethod
-    def _metrics(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"acc": folded_accuracy(logits_clean, y), "adv_acc": folded_accuracy(logits_adv, y),
-                "adv_dummy": dummy_rate(logits_adv)}
+    def _metrics(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> StepMetrics:
+        return {"acc": mean_metric(folded_accuracy(logits_clean, y)),
+                "adv_acc": mean_metric(folded_accuracy(logits_adv, y)),
+                "adv_dummy": mean_metric(dummy_rate(logits_adv))}
 
     def pgd_at_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    ) -> tuple[torch.Tensor, StepMetrics]:
         """PGD-AT + DUCAT: the soft two-hot cross-entropy of [x; x_adv]; `model` in train mode after."""
         loss, logits_clean, logits_adv = self._joint_forward(model, x, x_adv, y)
         return loss, self._metrics(logits_clean, logits_adv, y)
 
     def trades_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, beta: float
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    ) -> tuple[torch.Tensor, StepMetrics]:
         """TRADES + DUCAT: the soft two-hot cross-entropy of [x; x_adv] + beta KL(p(x) || p(x_adv)) over 2C
         classes, both from the same joint forward."""
         soft, logits_clean, logits_adv = self._joint_forward(model, x, x_adv, y)
         kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
         metrics = self._metrics(logits_clean, logits_adv, y)
-        metrics["kl"] = kl.detach()
+        metrics["kl"] = loss_metric(kl)
         return soft + beta * kl, metrics
 
     def natural_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
-                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                     ) -> tuple[torch.Tensor, StepMetrics]:
         """Generalist's natural expert while DUCAT is active: clean inputs only (see the module docstring)."""
         model.train()
         logits = model(x).float()  # (N, 2C)
@@ -134,7 +136,7 @@ class DucatObjective:
             loss = soft_cross_entropy(logits, self.clean_targets(y))
         else:
             loss = F.cross_entropy(logits, y)
-        return loss, {"acc": folded_accuracy(logits, y)}
+        return loss, {"acc": mean_metric(folded_accuracy(logits, y))}
 
 
 def real_classes(network: nn.Module) -> int:

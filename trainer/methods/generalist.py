@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from kernels import FlatArena, generalist_average_
-from trainer.distributed import average_buffers_, data_parallel
-from trainer.engine import LossScaler, draw_update_seed, host_scalars, independent_rng, phase
-from trainer.engine.step_metrics import MetricValue
+from trainer.distributed import average_buffers_
+from trainer.engine import LossScaler, draw_update_seed, independent_rng, phase
+from trainer.engine.step_metrics import StepMetrics, for_network, loss_metric, mean_metric, skipped_metric
 from trainer.methods.base import Method, ModelFactory, attack_metrics, batch_accuracy, cross_entropy
 from trainer.methods.ducat import DucatPlugin
 from trainer.methods.generalist_schedule import ema_decay, is_sync_epoch, mix_beta
@@ -111,8 +111,8 @@ class Generalist(DucatPlugin, Method):
     def enable_data_parallel(self) -> None:
         """Only the two experts learn by gradient; S_R, S_N and G follow from them by the same arithmetic
         on every rank, so they need no wrapper to stay identical."""
-        self.robust_train = self.engine.compiled(data_parallel(self.robust, self.device))
-        self.natural_train = self.engine.compiled(data_parallel(self.natural, self.device))
+        self.robust_train = self.data_parallel_forward(self.robust, "robust")
+        self.natural_train = self.data_parallel_forward(self.natural, "natural")
         self.data_parallel = True
 
     def loss_scalers(self) -> dict[str, LossScaler]:
@@ -136,7 +136,7 @@ class Generalist(DucatPlugin, Method):
         return {"lr_robust": lr_r, "lr_natural": lr_n, "beta": self.beta, "sync": float(self.sync_epoch),
                 **self.ducat_start_epoch(epoch)}
 
-    def _robust_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, MetricValue]:
+    def _robust_update(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
         """The robust expert's attack and optimiser step; reads only x, y and the robust expert's own state."""
         with phase("robust_update"):
             with self.engine.autocast():
@@ -157,15 +157,16 @@ class Generalist(DucatPlugin, Method):
                     self.robust.train()
                     logits = self.robust_train(x_adv)
                     loss = cross_entropy(logits, y)
-                    metrics = {"adv_acc": batch_accuracy(logits, y)}
+                    metrics = {"adv_acc": mean_metric(batch_accuracy(logits, y))}
             skipped = self.robust_scaler.update(loss, self.robust_optimizer)
-        out: dict[str, MetricValue] = {"robust_loss": loss.detach(), **{f"robust_{k}": v for k, v in metrics.items()}}
+        out: StepMetrics = {"robust_loss": loss_metric(loss, "robust"),
+                            **{f"robust_{k}": v for k, v in for_network(metrics, "robust").items()}}
         out.update(attack_metrics(self.robust_attack))
         if self.robust_scaler.enabled:
-            out["skipped_steps"] = skipped
+            out["skipped_steps"] = skipped_metric(skipped)
         return out
 
-    def _natural_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, MetricValue]:
+    def _natural_update(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
         """The natural expert's optimiser step on clean x; reads only x, y and the natural expert's own state."""
         with phase("natural_update"):
             with self.engine.autocast():
@@ -176,28 +177,28 @@ class Generalist(DucatPlugin, Method):
                     self.natural.train()
                     logits = self.natural_train(x)
                     loss = cross_entropy(logits, y)
-                    acc = batch_accuracy(logits, y)
+                    acc = mean_metric(batch_accuracy(logits, y))
             skipped = self.natural_scaler.update(loss, self.natural_optimizer)
-        out: dict[str, MetricValue] = {"natural_loss": loss.detach(), "natural_acc": acc}
+        out: StepMetrics = {"natural_loss": loss_metric(loss, "natural"), "natural_acc": acc}
         if self.natural_scaler.enabled:
-            out["skipped_steps"] = skipped
+            out["skipped_steps"] = skipped_metric(skipped)
         return out
 
     @staticmethod
-    def _merge(robust: dict[str, MetricValue], natural: dict[str, MetricValue]) -> dict[str, MetricValue]:
+    def _merge(robust: StepMetrics, natural: StepMetrics) -> StepMetrics:
         merged = {**robust, **natural}
         if "skipped_steps" in robust:  # fp16: optimiser steps the two loss scalers skipped in this iteration
-            merged["skipped_steps"] = robust["skipped_steps"] + natural["skipped_steps"]
+            merged["skipped_steps"] = skipped_metric(robust["skipped_steps"].value + natural["skipped_steps"].value)
         return merged
 
     def expert_updates(self, x: torch.Tensor, y: torch.Tensor, *, order: str = "robust_first"
-                       ) -> dict[str, MetricValue]:
+                       ) -> StepMetrics:
         """Both experts' updates of one iteration, independent until the averaging (trainer/engine/streams.py):
         the natural one on generators seeded from one global draw, so that which runs first, or running them
         concurrently on two CUDA streams, changes nothing."""
         seed = draw_update_seed()
 
-        def natural() -> dict[str, MetricValue]:
+        def natural() -> StepMetrics:
             with independent_rng(seed, self.device):
                 return self._natural_update(x, y)
 
@@ -205,7 +206,7 @@ class Generalist(DucatPlugin, Method):
                                                            inputs=(x, y), order=order)
         return self._merge(robust_metrics, natural_metrics)
 
-    def _graph_updates(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, MetricValue]:
+    def _graph_updates(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
         # Captured by a CUDA graph: generators cannot be reseeded inside a capture, so the natural update draws
         # from the global generators like the robust one (its numbers differ from the eager path's then).
         robust_metrics, natural_metrics = self.streams.run(lambda: self._robust_update(x, y),
@@ -240,7 +241,10 @@ class Generalist(DucatPlugin, Method):
         self.arenas["robust"].copy_from(self.arenas["global"])
         self.arenas["natural"].copy_from(self.arenas["global"])
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def training_attacks(self) -> list:
+        return [self.robust_attack]
+
+    def device_step(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
         x = self.engine.prepare(x)
         if self.graphed_step is not None:
             metrics = self.graphed_step(x, y)
@@ -255,7 +259,7 @@ class Generalist(DucatPlugin, Method):
         with phase("averaging"):
             self.average_and_mix(decay, redistribute=sync_now)
         self.global_step += 1
-        return {**host_scalars(metrics), "decay": decay}
+        return {**metrics, "decay": mean_metric(decay)}
 
     def end_epoch(self, epoch: int) -> None:
         if self.sync_epoch and self.gcfg.sync_mode == "epoch_end":

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from trainer.attacks import build_train_attack
-from trainer.methods.base import ModelFactory, SingleNetworkMethod, accuracy_count, cross_entropy
+from trainer.engine.step_metrics import StepMetrics, loss_metric, mean_metric
+from trainer.methods.base import ModelFactory, SingleNetworkMethod, batch_accuracy, cross_entropy
 
 
 def rst_loss(train_model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
-             beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+             beta: float) -> tuple[torch.Tensor, StepMetrics]:
     """CE(f(x), y) + beta * CE(f(x_adv), y), both batch means, with `train_model` already in train mode.
 
     Two forwards, as TRADES does, so BatchNorm normalises clean and adversarial inputs with their own
@@ -24,8 +25,8 @@ def rst_loss(train_model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: to
     logits_adv = train_model(x_adv)
     natural = cross_entropy(logits_nat, y)
     robust = cross_entropy(logits_adv, y)
-    metrics = {"acc": accuracy_count(logits_nat, y), "adv_acc": accuracy_count(logits_adv, y),
-               "natural_loss": float(natural.detach()), "robust_loss": float(robust.detach())}
+    metrics = {"acc": mean_metric(batch_accuracy(logits_nat, y)), "adv_acc": mean_metric(batch_accuracy(logits_adv, y)),
+               "natural_loss": loss_metric(natural), "robust_loss": loss_metric(robust)}
     return natural + beta * robust, metrics
 
 
@@ -37,7 +38,7 @@ class RST(SingleNetworkMethod):
         self.attack = build_train_attack(cfg.attack)
         self.beta = cfg.method.rst_beta
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, StepMetrics]:
         x_adv = self.attack(self.model, x, y)  # eval mode inside; BN statistics untouched
         self.model.train()
         return rst_loss(self.train_model, x, x_adv, y, self.beta)

@@ -8,14 +8,14 @@ from torch import nn
 from trainer.attacks import TradesKL
 from trainer.config import AttackConfig
 from trainer.engine import phase
-from trainer.engine.step_metrics import MetricValue
+from trainer.engine.step_metrics import StepMetrics, loss_metric, mean_metric
 from trainer.methods.base import ModelFactory, SingleNetworkMethod, batch_accuracy
 from trainer.methods.ducat import DucatPlugin
 
 
 def trades_loss(model: nn.Module, attack: TradesKL, x: torch.Tensor, y: torch.Tensor, beta: float, *,
                 train_model: nn.Module | None = None, x_adv: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, dict[str, MetricValue]]:
+                ) -> tuple[torch.Tensor, StepMetrics]:
     """The TRADES objective with `model` in train mode; shared by TRADES and Generalist's robust expert.
 
     `train_model` (default `model`) is what the two training forwards run through: `model`'s DDP wrapper
@@ -35,13 +35,16 @@ def trades_loss(model: nn.Module, attack: TradesKL, x: torch.Tensor, y: torch.Te
         nn.functional.log_softmax(logits_adv, dim=1), nn.functional.softmax(logits_nat, dim=1),
         reduction="batchmean",
     )
-    metrics = {"acc": batch_accuracy(logits_nat, y), "adv_acc": batch_accuracy(logits_adv, y),
-               "kl": robust.detach()}
+    metrics = {"acc": mean_metric(batch_accuracy(logits_nat, y)), "adv_acc": mean_metric(batch_accuracy(logits_adv, y)),
+               "kl": loss_metric(robust)}
     return natural + beta * robust, metrics
 
 
 def build_trades_attack(cfg: AttackConfig) -> TradesKL:
-    return TradesKL(cfg.eps, cfg.step, cfg.steps)
+    """The training-time KL attack, without the host-side input range check (see build_train_attack)."""
+    attack = TradesKL(cfg.eps, cfg.step, cfg.steps)
+    attack.check_input_range = False
+    return attack
 
 
 class TRADES(DucatPlugin, SingleNetworkMethod):
@@ -53,7 +56,7 @@ class TRADES(DucatPlugin, SingleNetworkMethod):
         self.beta = cfg.method.trades_beta
         self.enable_ducat(self.model)  # method.ducat: 2C head, folded eval models (trainer/methods/ducat.py)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, MetricValue]]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, StepMetrics]:
         with phase("attack"):
             x_adv = self.attack(self.run_model, x, y)  # the KL attack (over the 2C softmax under DUCAT)
         if self.ducat_active:
