@@ -8,11 +8,13 @@ of the long schedule they were taken from.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,18 +23,14 @@ import yaml
 
 from trainer.errors import ConfigError
 
-DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "synthetic")
 # Training loaders (trainer/data/backends.py); auto: gpu-resident when CUDA and the dataset fits, else cpu.
 DATA_BACKENDS = ("auto", "cpu", "gpu", "dali", "torch")
-ARCHS = ("small_cnn", "preact_resnet18", "resnet18", "wrn")
-METHODS = ("natural", "pgd_at", "trades", "rst", "generalist")
+# Dataset, model, method and objective names come from trainer/registry.py (asked in validate()).
 NORMS = ("linf", "l2")
 # pgd_lse: PGD on the logsumexp-fold of a DUCAT head (the adaptive attack, trainer/eval/class_fold.py).
 # Process-group backends of a torchrun launch (train.dist_backend).
 DIST_BACKENDS = ("auto", "nccl", "gloo")
 EVAL_ATTACKS = ("clean", "pgd", "cw", "autoattack", "pgd_lse")
-# Methods the DUCAT plug-in wraps (natural training has no adversarial examples for the dummy classes).
-DUCAT_METHODS = ("pgd_at", "trades", "generalist")
 DUCAT_NATURAL_TARGETS = ("two_hot", "hard")
 # AutoAttack versions whose attack list and settings pyautoattack fixes ("custom" needs a list we do not expose).
 # "apgd": standard's first two attacks (APGD-CE, APGD-T) with standard's settings; its accuracy is standard's
@@ -44,8 +42,6 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 EVAL_PRECISIONS = ("fp32", "bf16", "fp16")
 # Optimiser implementation (trainer/optim.py): torch's SGD (fused on CUDA) or apex's FusedSGD.
 OPTIMIZER_IMPLS = ("torch", "apex")
-# Methods whose training step can be captured as one CUDA graph (trainer/engine/cuda_graphs.py).
-CUDA_GRAPH_METHODS = ("natural", "pgd_at", "generalist")
 # train.threads above this is a typo, not a machine (torch.set_num_threads takes a C int).
 MAX_THREADS = 4096
 
@@ -127,7 +123,7 @@ class OptimConfig:
 class GeneralistConfig:
     """Generalist (Wang & Wang, CVPR 2023); defaults are the authors' schedule (spec/generalist.md)."""
 
-    # Objective of the robust expert: "pgd_at" or "trades".
+    # Objective of the robust expert: any registered objective (trainer/objectives/), e.g. "pgd_at" or "trades".
     robust_objective: str = "pgd_at"
     # Weight of the robust side in the global learner's mix.
     beta: Schedule = field(default_factory=lambda: Schedule(values=(1.0, 1.0, 1.0, 0.4)))
@@ -300,11 +296,22 @@ def _check_optim(o: OptimConfig, name: str) -> None:
     _check(o.weight_decay >= 0, f"{name}.weight_decay", o.weight_decay, "a value >= 0")
 
 
+def _ducat_methods() -> tuple[str, ...]:
+    """Method names DUCAT wraps (natural training has no adversarial examples for the dummy classes)."""
+    from trainer.registry import method_flag, method_names
+
+    return tuple(n for n in method_names() if method_flag(n, "supports_ducat"))
+
+
 def _check_ducat(me: MethodConfig) -> None:
     du = me.ducat
-    _check(not du.enabled or me.name in DUCAT_METHODS, "method.ducat.enabled", du.enabled,
+    ducat_methods = _ducat_methods()
+    _check(not du.enabled or me.name in ducat_methods, "method.ducat.enabled", du.enabled,
            f"false with method.name {me.name!r}: DUCAT sends adversarial examples to dummy classes and plugs "
-           f"into {DUCAT_METHODS} only")
+           f"into {ducat_methods} only")
+    _check(not (du.enabled and me.name == "generalist" and me.generalist.robust_objective not in ducat_methods),
+           "method.ducat.enabled", du.enabled, f"false with method.generalist.robust_objective "
+           f"{me.generalist.robust_objective!r}: DUCAT plugs into {ducat_methods} only")
     _check(math.isfinite(du.start) and 0.0 <= du.start <= 1.0, "method.ducat.start", du.start,
            "a fraction of the run in [0, 1]")
     for name in ("clean_true_weight", "clean_dummy_weight", "adv_dummy_weight"):
@@ -320,8 +327,11 @@ def _check_ducat(me: MethodConfig) -> None:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Raise ConfigError naming the first invalid field; return cfg unchanged otherwise."""
+    from trainer.registry import DATASETS, MODELS, OBJECTIVES, load_registrations, method_names
+
+    load_registrations()
     d, m, a, me, t, e = cfg.data, cfg.model, cfg.attack, cfg.method, cfg.train, cfg.eval
-    _check(d.dataset in DATASETS, "data.dataset", d.dataset, f"one of {DATASETS}")
+    _check(d.dataset in DATASETS, "data.dataset", d.dataset, f"one of {DATASETS.names()}")
     _check(d.val_size >= 0, "data.val_size", d.val_size, "an integer >= 0")
     _check(d.train_subset is None or d.train_subset > 0, "data.train_subset", d.train_subset,
            "null or an integer > 0")
@@ -333,7 +343,7 @@ def validate(cfg: RunConfig) -> RunConfig:
            "data.synthetic_shape", d.synthetic_shape, "three positive integers (C, H, W)")
     _check(d.backend in DATA_BACKENDS, "data.backend", d.backend, f"one of {DATA_BACKENDS}")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "an integer >= 0")
-    _check(m.arch in ARCHS, "model.arch", m.arch, f"one of {ARCHS}")
+    _check(m.arch in MODELS, "model.arch", m.arch, f"one of {MODELS.names()}")
     _check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "a rate in [0, 1)")
     _check(m.depth >= 10 and (m.depth - 4) % 6 == 0, "model.depth", m.depth,
            "6n + 4 with n >= 1 (e.g. 16, 28, 34)")
@@ -342,13 +352,13 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(math.isfinite(a.eps) and a.eps >= 0, "attack.eps", a.eps, "a finite value >= 0")
     _check(math.isfinite(a.step) and a.step >= 0, "attack.step", a.step, "a finite value >= 0")
     _check(a.steps >= 0, "attack.steps", a.steps, "an integer >= 0")
-    _check(me.name in METHODS, "method.name", me.name, f"one of {METHODS}")
+    _check(me.name in method_names(), "method.name", me.name, f"one of {method_names()}")
     _check(me.trades_beta >= 0, "method.trades_beta", me.trades_beta, "a value >= 0")
     _check(math.isfinite(me.rst_beta) and me.rst_beta > 0, "method.rst_beta", me.rst_beta,
            "a finite value > 0 (0 would be natural training that pays for the attack)")
     g = me.generalist
-    _check(g.robust_objective in ("pgd_at", "trades"), "method.generalist.robust_objective",
-           g.robust_objective, "'pgd_at' or 'trades'")
+    _check(g.robust_objective in OBJECTIVES, "method.generalist.robust_objective", g.robust_objective,
+           f"one of {OBJECTIVES.names()}")
     _check_schedule(g.beta, "method.generalist.beta")
     _check(all(0.0 <= v <= 1.0 for v in g.beta.values), "method.generalist.beta.values", g.beta.values,
            "weights in [0, 1]")
@@ -396,6 +406,8 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 def _check_engine(cfg: RunConfig) -> None:
     """What can be checked without the device; trainer/engine/settings.py checks the rest once it is known."""
+    from trainer.registry import method_flag, method_names
+
     en, me, t = cfg.engine, cfg.method, cfg.train
     _check(en.precision in PRECISIONS, "engine.precision", en.precision, f"one of {PRECISIONS}")
     _check(en.eval_precision in EVAL_PRECISIONS, "engine.eval_precision", en.eval_precision,
@@ -410,10 +422,12 @@ def _check_engine(cfg: RunConfig) -> None:
            f"false or null with method.name {me.name!r}: only Generalist has two independent updates")
     if en.cuda_graphs:
         _check(t.device != "cpu", "engine.cuda_graphs", en.cuda_graphs, "false with train.device = 'cpu'")
-        _check(me.name in CUDA_GRAPH_METHODS, "engine.cuda_graphs", en.cuda_graphs,
-               f"false with method.name {me.name!r} (graphs capture {CUDA_GRAPH_METHODS} only)")
-        _check(not (me.name == "generalist" and me.generalist.robust_objective != "pgd_at"), "engine.cuda_graphs",
-               en.cuda_graphs, "false with method.generalist.robust_objective = 'trades' (not captured)")
+        graph_methods = tuple(n for n in method_names() if method_flag(n, "graph_capturable"))
+        _check(me.name in graph_methods, "engine.cuda_graphs", en.cuda_graphs,
+               f"false with method.name {me.name!r} (graphs capture {graph_methods} only)")
+        _check(not (me.name == "generalist" and me.generalist.robust_objective not in graph_methods),
+               "engine.cuda_graphs", en.cuda_graphs, f"false with method.generalist.robust_objective = "
+               f"{me.generalist.robust_objective!r} (not captured)")
         _check(not me.ducat.enabled, "engine.cuda_graphs", en.cuda_graphs,
                "false with method.ducat.enabled (its loss switches on mid-run and is not captured)")
         _check(en.precision != "fp16", "engine.cuda_graphs", en.cuda_graphs,
@@ -549,10 +563,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML preset (or the defaults), apply dotted overrides, validate."""
+def load_config(path: str | Path | Mapping[str, Any] | None = None,
+                overrides: Sequence[str] | None = None) -> RunConfig:
+    """Load a YAML preset, a dict shaped like one (`{"method": {"name": "trades"}}`) or the defaults; apply dotted
+    overrides (`["train.epochs=3"]`); validate."""
     data: dict[str, Any] = {}
-    if path is not None:
+    if isinstance(path, Mapping):
+        data = copy.deepcopy(dict(path))  # the overrides below edit it in place
+    elif path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p}: not found")
@@ -570,7 +588,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {p}: expected a mapping at the top level")
         data = loaded or {}
-    apply_overrides(data, overrides or [])
+    apply_overrides(data, [overrides] if isinstance(overrides, str) else list(overrides or []))
     return validate(from_dict(RunConfig, data))
 
 

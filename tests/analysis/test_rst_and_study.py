@@ -12,11 +12,12 @@ import torch.nn.functional as F
 import yaml
 
 from trainer.checkpoint import LAST, load_checkpoint
-from trainer.config import METHODS, ModelConfig, load_config
+from trainer.config import ModelConfig, load_config
 from trainer.errors import ConfigError
-from trainer.methods import METHOD_CLASSES, build_method
-from trainer.methods.rst import RST
+from trainer.methods import AdversarialTraining, build_method, method_class
 from trainer.models import build_model
+from trainer.objectives.rst import RST
+from trainer.registry import OBJECTIVES, method_names
 from trainer.session import open_session
 from trainer.training import train, validate
 
@@ -46,7 +47,7 @@ def small_cnn_factory(dropout: float):
 
 
 def test_rst_is_registered_and_its_preset_loads():
-    assert "rst" in METHODS and METHOD_CLASSES["rst"] is RST
+    assert "rst" in method_names() and method_class("rst") is AdversarialTraining and OBJECTIVES.get("rst") is RST
     cfg = load_config(REPO / "configs" / "fashion_mnist_rst.yaml")
     assert cfg.method.name == "rst" and cfg.method.rst_beta > 0 and cfg.attack.eps == 0.1
 
@@ -67,7 +68,7 @@ def test_rst_loss_equals_the_direct_formula(tmp_path):
 
     model.load_state_dict(before)  # the training forwards moved the BatchNorm running statistics
     torch.manual_seed(7)
-    x_adv = method.attack(model, x, y)
+    x_adv = method.objective.attack(model, x, y)
     model.train()
     natural = F.cross_entropy(model(x), y)
     robust = F.cross_entropy(model(x_adv), y)

@@ -51,7 +51,7 @@ def _generalist(sync_mode="every_step"):
         return build_model(cfg.model, num_classes=4, in_channels=1, image_size=12, mean=(0.5,), std=(0.25,))
 
     torch.manual_seed(0)
-    return Generalist(cfg, factory, torch.device("cpu"))
+    return Generalist.from_config(cfg, factory, torch.device("cpu"))
 
 
 def _perturb(method):

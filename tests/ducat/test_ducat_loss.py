@@ -7,15 +7,26 @@ import torch
 from torch import nn
 
 from trainer.config import DucatConfig
-from trainer.methods.ducat import (
-    DucatObjective,
+from trainer.objectives.ducat import (
+    Ducat,
+    DucatNatural,
     first_active_epoch,
     is_active,
     soft_cross_entropy,
     two_hot_targets,
 )
+from trainer.objectives.pgd_at import PGDAT
+from trainer.objectives.trades import TRADES
 
 C = 3
+
+
+def active_ducat(cfg: DucatConfig, inner=None) -> Ducat:
+    """DUCAT around `inner` (PGD-AT by default; no attack needed: the losses get x_adv), active, C classes."""
+    ducat = Ducat(inner if inner is not None else PGDAT(None), cfg)
+    ducat.num_classes = C
+    ducat.active = True
+    return ducat
 
 
 def direct_soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -61,11 +72,11 @@ def _tiny_network() -> nn.Module:
 @pytest.mark.parametrize("adv_weight", [1.0, 0.5])
 def test_pgd_at_loss_is_the_joint_two_hot_cross_entropy(adv_weight):
     net = _tiny_network()
-    objective = DucatObjective(DucatConfig(enabled=True, adv_dummy_weight=adv_weight), C)
+    objective = active_ducat(DucatConfig(enabled=True, adv_dummy_weight=adv_weight))
     gen = torch.Generator().manual_seed(2)
     x, x_adv = torch.rand(6, 4, generator=gen), torch.rand(6, 4, generator=gen)
     y = torch.randint(0, C, (6,), generator=gen)
-    loss, metrics = objective.pgd_at_loss(net, x, x_adv, y)
+    loss, metrics = objective.loss(net, x, x_adv, y)
 
     z_clean, z_adv = net(x).double(), net(x_adv).double()
     log_p_clean, log_p_adv = z_clean.log_softmax(1), z_adv.log_softmax(1)
@@ -82,11 +93,11 @@ def test_pgd_at_loss_is_the_joint_two_hot_cross_entropy(adv_weight):
 
 def test_trades_loss_adds_beta_kl_over_the_2c_classes():
     net = _tiny_network()
-    objective = DucatObjective(DucatConfig(enabled=True), C)
+    objective = active_ducat(DucatConfig(enabled=True), TRADES(None, beta=6.0))
     gen = torch.Generator().manual_seed(3)
     x, x_adv = torch.rand(5, 4, generator=gen), torch.rand(5, 4, generator=gen)
     y = torch.randint(0, C, (5,), generator=gen)
-    loss, metrics = objective.trades_loss(net, x, x_adv, y, beta=6.0)
+    loss, metrics = objective.loss(net, x, x_adv, y)
 
     z = net(torch.cat([x, x_adv])).double()
     targets = torch.cat([two_hot_targets(y, C, 0.75, 0.25), two_hot_targets(y, C, 0.0, 1.0)])
@@ -99,10 +110,10 @@ def test_trades_loss_adds_beta_kl_over_the_2c_classes():
 @pytest.mark.parametrize("target", ["two_hot", "hard"])
 def test_natural_expert_loss(target):
     net = _tiny_network()
-    objective = DucatObjective(DucatConfig(enabled=True, natural_target=target), C)
+    objective = DucatNatural(active_ducat(DucatConfig(enabled=True, natural_target=target)))
     gen = torch.Generator().manual_seed(4)
     x, y = torch.rand(5, 4, generator=gen), torch.randint(0, C, (5,), generator=gen)
-    loss, _ = objective.natural_loss(net, x, y)
+    loss, _ = objective.loss(net, x, y)
     z = net(x)
     if target == "two_hot":
         expected = direct_soft_ce(z, two_hot_targets(y, C, 0.75, 0.25))
@@ -114,12 +125,12 @@ def test_natural_expert_loss(target):
 def test_the_loss_pulls_adversarial_inputs_to_the_dummy_class():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 2 * C))
-    objective = DucatObjective(DucatConfig(enabled=True), C)
+    objective = active_ducat(DucatConfig(enabled=True))
     x, x_adv = torch.rand(8, 4), torch.rand(8, 4) + 2.0
     y = torch.arange(8) % C
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
     for _ in range(400):
-        loss, metrics = objective.pgd_at_loss(net, x, x_adv, y)
+        loss, metrics = objective.loss(net, x, x_adv, y)
         opt.zero_grad()
         loss.backward()
         opt.step()

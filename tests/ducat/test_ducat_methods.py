@@ -8,6 +8,7 @@ from trainer.errors import ConfigError
 from trainer.eval.class_fold import FoldedLogits
 from trainer.methods import build_method
 from trainer.models import build_model, with_dummy_classes
+from trainer.objectives import Ducat
 
 C = 4
 
@@ -54,7 +55,7 @@ def test_disabled_ducat_changes_nothing():
     cfg = load_config(None, ["model.arch=small_cnn", "method.name=pgd_at", "attack.steps=1"])
     torch.manual_seed(0)
     method = build_method(cfg, _factory(cfg), torch.device("cpu"))
-    assert method.ducat is None and method.model.num_classes == C
+    assert not isinstance(method.objective, Ducat) and method.model.num_classes == C
     assert "ducat" not in method.start_epoch(1)
     assert not isinstance(method.eval_models()["model"], FoldedLogits)
 
@@ -90,7 +91,7 @@ def test_one_step_for_each_base_method(name, extra, epoch):
     for net in method.networks().values():
         assert net.num_classes == 2 * C
     schedule = method.start_epoch(epoch)
-    assert schedule["ducat"] == float(epoch == 4) and method.ducat_active == (epoch == 4)
+    assert schedule["ducat"] == float(epoch == 4) and method.objective.active == (epoch == 4)
     before = {k: [p.detach().clone() for p in net.parameters()] for k, net in method.networks().items()}
     x, y = _batch()
     metrics = method.train_step(x, y)

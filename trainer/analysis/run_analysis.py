@@ -18,7 +18,7 @@ from trainer.analysis.lipschitz import LipschitzConfig, default_eps, estimate_mo
 from trainer.analysis.sanity import curve_checks, model_checks, warn_findings
 from trainer.analysis.separation import separation
 from trainer.checkpoint import atomic_write, resolve_checkpoint
-from trainer.config import DATASETS, DataConfig
+from trainer.config import DataConfig
 from trainer.data import load_dataset
 from trainer.errors import ConfigError
 from trainer.runtime import resolve_device
@@ -154,8 +154,11 @@ def dataset_separation(dataset: str = "fashion-mnist", *, data_dir: str | None =
     separation_<dataset>.json in the current folder unless `out` is given. `train_points` /
     `test_points` keep only a prefix (for a quick look; the published numbers use every point).
     """
+    from trainer.registry import DATASETS, load_registrations
+
+    load_registrations()
     if dataset not in DATASETS:
-        raise ConfigError(f"separation dataset {dataset!r}: expected one of {DATASETS}")
+        raise ConfigError(f"separation dataset {dataset!r}: expected one of {DATASETS.names()}")
     for name, n in (("train_points", train_points), ("test_points", test_points)):
         if n is not None and n < 1:
             raise ConfigError(f"separation {name} = {n!r}: expected null or an integer >= 1")

@@ -7,6 +7,11 @@ from trainer.data.dali_loader import DaliFolderLoader, DaliLoader, dali_availabl
 from trainer.data.dataset import ArrayDataset, DataSplits, first_n, load_dataset, load_splits
 from trainer.data.gpu_loader import GpuLoader
 from trainer.data.torch_loader import TorchLoader
+from trainer.registry import DATASETS
+
+# The dataset names data.dataset accepts; trainer/data/dataset.py's load_dataset reads each of them.
+for _name in ("fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "synthetic"):
+    DATASETS.register(_name)(load_dataset)
 
 __all__ = ["ArrayDataset", "CpuLoader", "DaliFolderLoader", "DaliLoader", "DataSplits", "GpuLoader", "TorchLoader",
            "augmentation_defaults", "build_train_loader", "choose_backend", "dali_available", "first_n",

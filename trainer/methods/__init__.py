@@ -1,4 +1,8 @@
-"""Training methods, one per file, on the `Method` base class."""
+"""Training methods, one per file, on the `Method` base class; names from `trainer.registry`.
+
+`natural` and `generalist` are registered methods; every registered objective (trainer/objectives/) is also a
+method: single-network adversarial training with that objective.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +10,24 @@ import torch
 
 from trainer.config import RunConfig
 from trainer.errors import ConfigError
+from trainer.methods.adversarial import AdversarialTraining
 from trainer.methods.base import Method, ModelFactory
-from trainer.methods.ducat import DUCAT_METHODS, DucatPlugin, dummy_class_factory
 from trainer.methods.generalist import Generalist
 from trainer.methods.natural import Natural
-from trainer.methods.pgd_at import PGDAT
-from trainer.methods.rst import RST
-from trainer.methods.trades import TRADES
+from trainer.registry import METHODS, OBJECTIVES, method_names
 
-METHOD_CLASSES: dict[str, type[Method]] = {cls.name: cls for cls in (Natural, PGDAT, TRADES, RST, Generalist)}
+
+def method_class(name: str) -> type[Method]:
+    if name in METHODS:
+        return METHODS.get(name)
+    if name in OBJECTIVES:
+        return AdversarialTraining
+    raise ConfigError(f"config field 'method.name' = {name!r}: expected one of {method_names()}")
 
 
 def build_method(cfg: RunConfig, model_factory: ModelFactory, device: torch.device) -> Method:
-    try:
-        cls = METHOD_CLASSES[cfg.method.name]
-    except KeyError:
-        raise ConfigError(f"config field 'method.name' = {cfg.method.name!r}: expected one of "
-                          f"{sorted(METHOD_CLASSES)}") from None
-    if cfg.method.ducat.enabled:
-        if not issubclass(cls, DucatPlugin):
-            raise ConfigError(f"config field 'method.ducat.enabled' = True: expected false with method.name "
-                              f"{cfg.method.name!r} (DUCAT plugs into {DUCAT_METHODS} only)")
-        # Every network of the method gets the 2C-class head (class k, then its dummy k + C).
-        model_factory = dummy_class_factory(model_factory)
-    return cls(cfg, model_factory, device)
+    """The method `cfg.method.name` built from the run config (the CLI's path)."""
+    return method_class(cfg.method.name).from_config(cfg, model_factory, device)
 
 
-__all__ = ["METHOD_CLASSES", "Method", "build_method"]
+__all__ = ["AdversarialTraining", "Generalist", "Method", "Natural", "build_method", "method_class"]

@@ -13,6 +13,7 @@ from trainer.distributed import average_buffers_, data_parallel, rank, world_siz
 from trainer.engine import Engine, LossScaler, phase
 from trainer.engine.step_metrics import StepMetrics, for_network, host_values, loss_metric, mean_metric, skipped_metric
 from trainer.engine.streams import RankRandomForward
+from trainer.objectives.base import batch_accuracy, cross_entropy  # noqa: F401  (re-exported for the methods)
 from trainer.optim import set_lr
 
 ModelFactory = Callable[[], nn.Module]
@@ -28,14 +29,22 @@ class Method(ABC):
 
     name: str = ""
 
-    def __init__(self, cfg: RunConfig, model_factory: ModelFactory, device: torch.device):
-        self.cfg = cfg
-        self.device = device
+    def __init__(self, engine: Engine, *, epochs: int, seed: int = 0):
+        """`engine`: how the steps run on the device (precision, memory format, streams, graphs, compile;
+        trainer/engine/); `epochs`: the run's length the schedules are fractions of; `seed`: the run seed the
+        per-rank dropout generators derive from under torchrun."""
+        self.engine = engine
+        self.device = engine.device
+        self.epochs = epochs
+        self.seed = seed
         self.global_step = 0
         # True once enable_data_parallel() wrapped the trained networks (torchrun, world size > 1).
         self.data_parallel = False
-        # How the steps run on the device: precision, memory format, streams, graphs, compile (trainer/engine/).
-        self.engine = Engine(cfg, device)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, model_factory: ModelFactory, device: torch.device) -> Method:
+        """The method a run config describes: the global config is read here, at the edge, and nowhere else."""
+        raise NotImplementedError(f"method '{cls.name}' has no from_config")
 
     def enable_data_parallel(self) -> None:
         """Train under torchrun: wrap the networks trained by gradient in DistributedDataParallel for their
@@ -51,7 +60,7 @@ class Method(ABC):
         wrapped = self.engine.compiled(data_parallel(module, self.device))
         if world_size() == 1:
             return wrapped
-        return RankRandomForward(wrapped, name=name, rank=rank(), seed=self.cfg.train.seed, device=self.device,
+        return RankRandomForward(wrapped, name=name, rank=rank(), seed=self.seed, device=self.device,
                                  step=lambda: self.global_step)
 
     @abstractmethod
@@ -113,16 +122,6 @@ class Method(ABC):
             scaler.load_state_dict(saved.get(name, {}))
 
 
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    # fp32 loss whatever the autocast dtype: the loss must not lose its small terms.
-    return nn.functional.cross_entropy(logits.float(), y)
-
-
-def batch_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Fraction of correct predictions as a 0-dim device tensor: no host sync inside the step."""
-    return (logits.detach().argmax(1) == y).float().mean()
-
-
 def attack_metrics(attack: object) -> StepMetrics:
     """The attack's diagnostics of its last call, for the step metrics (PGD: fraction of zero input gradients)."""
     fraction = getattr(attack, "zero_grad_fraction", None)
@@ -130,20 +129,21 @@ def attack_metrics(attack: object) -> StepMetrics:
 
 
 class SingleNetworkMethod(Method):
-    """Natural, PGD-AT and TRADES: one network, one SGD optimiser, a per-epoch lr schedule."""
+    """One network, one SGD optimiser, a per-epoch lr schedule; the batch loss comes from `loss`."""
 
     # The phase (trainer/engine/phases.py) a step's loss, backward and optimiser step are counted in.
     update_phase = "robust_update"
 
-    def __init__(self, cfg: RunConfig, model_factory: ModelFactory, device: torch.device):
-        super().__init__(cfg, model_factory, device)
-        self.model = self.engine.place(model_factory().to(device))
+    def __init__(self, model_factory: ModelFactory, optim: OptimConfig, engine: Engine, *, epochs: int,
+                 seed: int = 0):
+        super().__init__(engine, epochs=epochs, seed=seed)
+        self.model = self.engine.place(model_factory().to(self.device))
         # What forwards run through: the model, or its torch.compile wrapper (engine.compile); attacks use this.
         self.run_model: nn.Module = self.engine.compiled(self.model)
         # What the training forward (the one followed by backward) runs through: run_model, or the model's
         # DDP wrapper under torchrun. Attacks never get the DDP wrapper.
         self.train_model: nn.Module = self.run_model
-        self.optim_cfg: OptimConfig = cfg.optim
+        self.optim_cfg: OptimConfig = optim
         self.optimizer = self.engine.optimizer(self.model.parameters(), self.optim_cfg)
         self.scaler = self.engine.loss_scaler()
         # engine.cuda_graphs: the whole step captured once and replayed (trainer/engine/cuda_graphs.py).
@@ -166,7 +166,7 @@ class SingleNetworkMethod(Method):
         return {"model": self.model}
 
     def start_epoch(self, epoch: int) -> dict[str, float]:
-        lr = self.optim_cfg.lr.at(epoch, self.cfg.train.epochs)
+        lr = self.optim_cfg.lr.at(epoch, self.epochs)
         set_lr(self.optimizer, lr)
         return {"lr": lr}
 
@@ -174,12 +174,12 @@ class SingleNetworkMethod(Method):
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, StepMetrics]:
         """The batch loss with the model in train mode, and typed metrics to log (0-dim device tensors: no host
         sync inside the step; a loss term among them is a `loss_metric`). The forward that backward()
-        differentiates runs through `self.train_model`, attacks through `self.run_model` (or the plain
-        `self.model`). Runs under the engine's autocast; an attack inside marks itself with `phase("attack")`."""
+        differentiates runs through `self.train_model`, attacks through `self.run_model`. Runs under the
+        engine's autocast; an attack inside marks itself with `phase("attack")`."""
 
-    def training_attacks(self) -> list:
-        attack = getattr(self, "attack", None)
-        return [attack] if attack is not None else []
+    def step_attack(self) -> object | None:
+        """The attack whose diagnostics the step metrics report (None: no attack)."""
+        return None
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
         """Loss, backward, optimiser step; metrics stay on the device (the CUDA-graph-captured function)."""
@@ -189,7 +189,7 @@ class SingleNetworkMethod(Method):
             # Under DDP the backward also averages the gradients over ranks.
             skipped = self.scaler.update(loss, self.optimizer)
         out: StepMetrics = {"loss": loss_metric(loss, "model"), **for_network(metrics, "model")}
-        out.update(attack_metrics(getattr(self, "attack", None)))
+        out.update(attack_metrics(self.step_attack()))
         if self.scaler.enabled:
             out["skipped_steps"] = skipped_metric(skipped)
         return out

@@ -18,14 +18,15 @@ import torch
 from torch import nn
 
 from kernels import FlatArena, generalist_average_
+from trainer.config import GeneralistConfig, RunConfig
 from trainer.distributed import average_buffers_
-from trainer.engine import LossScaler, draw_update_seed, independent_rng, phase
+from trainer.engine import Engine, LossScaler, draw_update_seed, independent_rng, phase
 from trainer.engine.step_metrics import StepMetrics, for_network, loss_metric, mean_metric, skipped_metric
-from trainer.methods.base import Method, ModelFactory, attack_metrics, batch_accuracy, cross_entropy
-from trainer.methods.ducat import DucatPlugin
+from trainer.methods.base import Method, ModelFactory, attack_metrics
 from trainer.methods.generalist_schedule import ema_decay, is_sync_epoch, mix_beta
-from trainer.methods.trades import build_trades_attack, trades_loss
+from trainer.objectives import CleanObjective, Objective, build_objective
 from trainer.optim import set_lr
+from trainer.registry import METHODS
 
 
 def pack_integer_buffers(arenas: list[FlatArena]) -> torch.Tensor | None:
@@ -53,14 +54,24 @@ def pack_integer_buffers(arenas: list[FlatArena]) -> torch.Tensor | None:
     return packed
 
 
-class Generalist(DucatPlugin, Method):
+@METHODS.register("generalist", supports_ducat=True, graph_capturable=True)
+class Generalist(Method):
+    """The robust expert trains `objective` (any robust objective: attack, loss, step), the natural expert
+    `natural_objective` (cross-entropy on clean inputs; DUCAT's clean target under DUCAT)."""
+
     name = "generalist"
 
-    def __init__(self, cfg, model_factory: ModelFactory, device: torch.device):
-        super().__init__(cfg, model_factory, device)
-        self.gcfg = cfg.method.generalist
+    def __init__(self, model_factory: ModelFactory, objective: Objective, gcfg: GeneralistConfig, engine: Engine, *,
+                 epochs: int, seed: int = 0, natural_objective: CleanObjective | None = None):
+        super().__init__(engine, epochs=epochs, seed=seed)
+        self.gcfg = gcfg
+        self.objective = objective
+        self.natural_objective = natural_objective if natural_objective is not None else CleanObjective()
         # In the engine's memory format before the copies and the arenas (which keep each tensor's layout).
-        origin = self.engine.place(model_factory().to(device))
+        origin = self.engine.place(objective.model_factory(model_factory)().to(self.device))
+        bind = getattr(objective, "bind", None)
+        if bind is not None:
+            bind(origin)  # DUCAT: all five networks share the 2C head; C read from it
         self.robust = origin
         self.natural = copy.deepcopy(origin)
         self.avg_robust = copy.deepcopy(origin)
@@ -85,10 +96,6 @@ class Generalist(DucatPlugin, Method):
         # One fp16 loss scale per expert: independent losses, and under two streams steps on different streams.
         self.robust_scaler = self.engine.loss_scaler()
         self.natural_scaler = self.engine.loss_scaler()
-        if self.gcfg.robust_objective == "trades":
-            self.robust_attack = build_trades_attack(cfg.attack)
-        else:
-            self.robust_attack = self.engine.train_attack(cfg.attack)  # graph-safe under engine.cuda_graphs
         # The two expert updates: concurrent on two CUDA streams (engine.two_streams) or one after the other.
         self.streams = self.engine.expert_streams()
         # Issue order of the sequential path; the updates are independent, so both orders give the same step.
@@ -98,8 +105,18 @@ class Generalist(DucatPlugin, Method):
         self.epoch = 1
         self.beta = 1.0
         self.sync_epoch = False
-        # method.ducat: all five networks share the 2C head; the robust expert trains DUCAT's objective.
-        self.enable_ducat(self.robust)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, model_factory: ModelFactory, device: torch.device) -> Generalist:
+        engine = Engine(cfg, device)
+        objective = build_objective(cfg.method.generalist.robust_objective, cfg, engine)
+        natural = objective.natural() if hasattr(objective, "natural") else None  # DUCAT's clean target
+        return cls(model_factory, objective, cfg.method.generalist, engine, epochs=cfg.train.epochs,
+                   seed=cfg.train.seed, natural_objective=natural)
+
+    @property
+    def robust_attack(self):
+        return self.objective.attack
 
     def _five(self) -> dict[str, nn.Module]:
         return {"robust": self.robust, "natural": self.natural, "avg_robust": self.avg_robust,
@@ -122,10 +139,11 @@ class Generalist(DucatPlugin, Method):
         return {"robust": self.robust_optimizer, "natural": self.natural_optimizer}
 
     def eval_models(self) -> dict[str, nn.Module]:
-        return self.ducat_eval_models({"global": self.global_model, "robust": self.robust, "natural": self.natural})
+        return self.objective.eval_models({"global": self.global_model, "robust": self.robust,
+                                           "natural": self.natural})
 
     def start_epoch(self, epoch: int) -> dict[str, float]:
-        total = self.cfg.train.epochs
+        total = self.epochs
         self.epoch = epoch
         lr_r = self.gcfg.robust_optim.lr.at(epoch, total)
         lr_n = self.gcfg.natural_optim.lr.at(epoch, total)
@@ -134,30 +152,28 @@ class Generalist(DucatPlugin, Method):
         self.beta = mix_beta(epoch, total, self.gcfg)
         self.sync_epoch = is_sync_epoch(epoch, total, self.gcfg)
         return {"lr_robust": lr_r, "lr_natural": lr_n, "beta": self.beta, "sync": float(self.sync_epoch),
-                **self.ducat_start_epoch(epoch)}
+                **self.objective.start_epoch(epoch, total)}
+
+    def selectable_epoch(self, epoch: int) -> bool:
+        return self.objective.selectable_epoch(epoch, self.epochs)
+
+    def extra_state(self) -> dict:
+        state = super().extra_state()
+        objective_state = self.objective.extra_state()
+        if objective_state:
+            state["objective"] = objective_state
+        return state
+
+    def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
+        self.objective.load_extra_state(state.get("objective", {}))
 
     def _robust_update(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
         """The robust expert's attack and optimiser step; reads only x, y and the robust expert's own state."""
         with phase("robust_update"):
             with self.engine.autocast():
-                with phase("attack"):
-                    # PGD (over the 2C logits under DUCAT) or TRADES' KL attack; eval mode inside, so the
-                    # BatchNorm running statistics are untouched.
-                    x_adv = self.robust_attack(self.robust_run, x, y)
-                if self.ducat_active:
-                    if self.gcfg.robust_objective == "trades":
-                        loss, metrics = self.ducat.trades_loss(self.robust_train, x, x_adv, y,
-                                                               self.cfg.method.trades_beta)
-                    else:
-                        loss, metrics = self.ducat.pgd_at_loss(self.robust_train, x, x_adv, y)
-                elif self.gcfg.robust_objective == "trades":
-                    loss, metrics = trades_loss(self.robust_run, self.robust_attack, x, y, self.cfg.method.trades_beta,
-                                                train_model=self.robust_train, x_adv=x_adv)
-                else:
-                    self.robust.train()
-                    logits = self.robust_train(x_adv)
-                    loss = cross_entropy(logits, y)
-                    metrics = {"adv_acc": mean_metric(batch_accuracy(logits, y))}
+                # The objective's attack (eval mode inside: BatchNorm running statistics untouched), then its loss.
+                loss, metrics = self.objective(self.robust_run, self.robust_train, x, y)
             skipped = self.robust_scaler.update(loss, self.robust_optimizer)
         out: StepMetrics = {"robust_loss": loss_metric(loss, "robust"),
                             **{f"robust_{k}": v for k, v in for_network(metrics, "robust").items()}}
@@ -170,14 +186,8 @@ class Generalist(DucatPlugin, Method):
         """The natural expert's optimiser step on clean x; reads only x, y and the natural expert's own state."""
         with phase("natural_update"):
             with self.engine.autocast():
-                if self.ducat_active:
-                    loss, ducat_metrics = self.ducat.natural_loss(self.natural_train, x, y)
-                    acc = ducat_metrics["acc"]
-                else:
-                    self.natural.train()
-                    logits = self.natural_train(x)
-                    loss = cross_entropy(logits, y)
-                    acc = mean_metric(batch_accuracy(logits, y))
+                loss, natural_metrics = self.natural_objective.loss(self.natural_train, x, y)
+                acc = natural_metrics["acc"]
             skipped = self.natural_scaler.update(loss, self.natural_optimizer)
         out: StepMetrics = {"natural_loss": loss_metric(loss, "natural"), "natural_acc": acc}
         if self.natural_scaler.enabled:
@@ -242,7 +252,7 @@ class Generalist(DucatPlugin, Method):
         self.arenas["natural"].copy_from(self.arenas["global"])
 
     def training_attacks(self) -> list:
-        return [self.robust_attack]
+        return self.objective.attacks()
 
     def device_step(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
         x = self.engine.prepare(x)

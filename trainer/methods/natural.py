@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import torch
 
-from trainer.engine.step_metrics import StepMetrics, mean_metric
-from trainer.methods.base import SingleNetworkMethod, batch_accuracy, cross_entropy
+from trainer.config import RunConfig
+from trainer.engine import Engine
+from trainer.engine.step_metrics import StepMetrics
+from trainer.methods.base import ModelFactory, SingleNetworkMethod
+from trainer.objectives.base import CleanObjective
+from trainer.registry import METHODS
 
 
+@METHODS.register("natural", supports_ducat=False, graph_capturable=True)
 class Natural(SingleNetworkMethod):
     name = "natural"
     update_phase = "natural_update"
 
+    @classmethod
+    def from_config(cls, cfg: RunConfig, model_factory: ModelFactory, device: torch.device) -> Natural:
+        return cls(model_factory, cfg.optim, Engine(cfg, device), epochs=cfg.train.epochs, seed=cfg.train.seed)
+
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, StepMetrics]:
-        self.model.train()
-        logits = self.train_model(x)
-        return cross_entropy(logits, y), {"acc": mean_metric(batch_accuracy(logits, y))}
+        return CleanObjective().loss(self.train_model, x, y)

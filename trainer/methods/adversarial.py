@@ -1,0 +1,64 @@
+"""Adversarial training of one network with any robust objective (trainer/objectives/): PGD-AT, TRADES, RST,
+MART, FAT, IAT, each optionally wrapped by DUCAT. The method owns the network, optimiser and step; the objective
+owns the attack and the loss."""
+
+from __future__ import annotations
+
+import torch
+
+from trainer.config import OptimConfig, RunConfig
+from trainer.engine import Engine
+from trainer.engine.step_metrics import StepMetrics
+from trainer.methods.base import ModelFactory, SingleNetworkMethod
+from trainer.objectives import Objective, build_objective
+
+
+class AdversarialTraining(SingleNetworkMethod):
+    """`objective(attack_model=run_model, train_model=train_model, x, y)` per step; its name is the method's."""
+
+    def __init__(self, model_factory: ModelFactory, objective: Objective, optim: OptimConfig, engine: Engine, *,
+                 epochs: int, seed: int = 0):
+        self.objective = objective
+        super().__init__(objective.model_factory(model_factory), optim, engine, epochs=epochs, seed=seed)
+        bind = getattr(objective, "bind", None)
+        if bind is not None:
+            bind(self.model)  # DUCAT reads C from the 2C head
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.objective.name
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, model_factory: ModelFactory, device: torch.device) -> AdversarialTraining:
+        engine = Engine(cfg, device)
+        return cls(model_factory, build_objective(cfg.method.name, cfg, engine), cfg.optim, engine,
+                   epochs=cfg.train.epochs, seed=cfg.train.seed)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, StepMetrics]:
+        return self.objective(self.run_model, self.train_model, x, y)
+
+    def step_attack(self) -> object | None:
+        return self.objective.attack
+
+    def training_attacks(self) -> list:
+        return self.objective.attacks()
+
+    def eval_models(self):
+        return self.objective.eval_models(super().eval_models())
+
+    def start_epoch(self, epoch: int) -> dict[str, float]:
+        return {**super().start_epoch(epoch), **self.objective.start_epoch(epoch, self.epochs)}
+
+    def selectable_epoch(self, epoch: int) -> bool:
+        return self.objective.selectable_epoch(epoch, self.epochs)
+
+    def extra_state(self) -> dict:
+        state = super().extra_state()
+        objective_state = self.objective.extra_state()
+        if objective_state:
+            state["objective"] = objective_state
+        return state
+
+    def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
+        self.objective.load_extra_state(state.get("objective", {}))
