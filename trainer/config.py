@@ -161,6 +161,22 @@ class DucatConfig:
 
 
 @dataclass(frozen=True)
+class MartConfig:
+    """MART (Wang et al., ICLR 2020; trainer/objectives/mart.py): boosted CE + beta * (1 - p_y(x)) weighted KL."""
+
+    # The authors' default weight of the KL term.
+    beta: float = 6.0
+
+
+@dataclass(frozen=True)
+class FatConfig:
+    """Friendly AT (Zhang et al., ICML 2020; trainer/objectives/fat.py): early-stopped PGD."""
+
+    # Steps each sample continues after it is first misclassified (the paper sweeps 0-3; 3 is closest to PGD-AT).
+    tau: int = 3
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     name: str = "generalist"
     trades_beta: float = 6.0
@@ -168,6 +184,8 @@ class MethodConfig:
     rst_beta: float = 1.0
     generalist: GeneralistConfig = field(default_factory=GeneralistConfig)
     ducat: DucatConfig = field(default_factory=DucatConfig)
+    mart: MartConfig = field(default_factory=MartConfig)
+    fat: FatConfig = field(default_factory=FatConfig)
 
 
 @dataclass(frozen=True)
@@ -356,6 +374,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(me.trades_beta >= 0, "method.trades_beta", me.trades_beta, "a value >= 0")
     _check(math.isfinite(me.rst_beta) and me.rst_beta > 0, "method.rst_beta", me.rst_beta,
            "a finite value > 0 (0 would be natural training that pays for the attack)")
+    _check(math.isfinite(me.mart.beta) and me.mart.beta >= 0, "method.mart.beta", me.mart.beta, "a finite value >= 0")
+    _check(me.fat.tau >= 0, "method.fat.tau", me.fat.tau, "an integer >= 0")
     g = me.generalist
     _check(g.robust_objective in OBJECTIVES, "method.generalist.robust_objective", g.robust_objective,
            f"one of {OBJECTIVES.names()}")
