@@ -39,6 +39,7 @@ def test_both_api_families_read_the_policy_after_it_is_applied(saved_backends, t
 
 @pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch < 2.9")
 def test_applying_the_policy_repairs_a_state_mixed_by_someone_else(saved_backends):
+    apply_backend_policy(_settings(False))  # a known start: IEEE fp32 through both families
     torch.backends.cuda.matmul.fp32_precision = "tf32"
     torch.backends.cudnn.conv.fp32_precision = "ieee"
     with pytest.raises(RuntimeError, match="mix of the legacy and new APIs"):

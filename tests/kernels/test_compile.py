@@ -24,7 +24,8 @@ def _opcheck_cases():
         ("pgd_linf_step_", (xa, g, x, 0.03, None, 0.01, None, 0.0, 1.0, "")),
         ("pgd_linf_step_", (xa, g, x, 0.0, eps_t, 0.01, None, 0.0, 1.0, "torch")),
         ("pgd_l2_step_", (xa, g, x, 0.5, None, 0.1, None, 0.0, 1.0, "")),
-        ("pgd_random_start", (x, 0.0, eps_t, 5, 0.0, 1.0, "")),
+        ("pgd_random_start", (x, 0.0, eps_t, 5, 0.0, 1.0, "", 0, 3)),
+        ("pgd_random_start", (x, 0.03, None, 5, 0.0, 1.0, "", 2, 8)),  # rows 2..4 of a batch of 8
         ("generalist_average_", (*flat, 0.9, 0.5, "")),
         ("generalist_average_redistribute_", (*flat, 0.9, 0.5, "")),
         ("lerp_", (flat[0], flat[1], 0.3, "")),
