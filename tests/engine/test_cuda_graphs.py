@@ -52,10 +52,8 @@ def test_graph_safe_pgd_without_random_start_is_pgd():
 def test_the_step_a_graph_captures_reads_nothing_on_the_host(method):
     m = tiny_method(method=method)
     m.start_epoch(1)
-    if method == "pgd_at":
-        m.attack = GraphSafePGD(0.1, 0.05, 2)
-    if method == "generalist":
-        m.robust_attack = GraphSafePGD(0.1, 0.05, 2)
+    if method in ("pgd_at", "generalist"):
+        m.objective.attack = GraphSafePGD(0.1, 0.05, 2)
     step = m._graph_updates if method == "generalist" else m._step
     x, y = tiny_batch()
     with NoHostReads():

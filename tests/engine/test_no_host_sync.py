@@ -75,7 +75,7 @@ def test_the_counter_sees_each_read_the_old_step_made():
     # The training attacks skip the range check: the loaders produce [0, 1] by construction.
     counter = HostReads()
     with counter:
-        m.attack(m.model, x, y)
+        m.objective.attack(m.model, x, y)
     assert counter.reads == []
 
 

@@ -33,7 +33,7 @@ class EarlyStopPGD(PGD):
         x_adv = self.start(x)  # (N, C, H, W)
         n = x.shape[0]
         budget = torch.full((n,), self.tau, dtype=torch.int64, device=x.device)  # (N,) steps left past the boundary
-        running = torch.ones(n, dtype=torch.bool, device=x.device)  # (N,)
+        running = budget >= 0  # (N,) all True
         taken = torch.zeros(n, dtype=torch.int64, device=x.device)
         if self.eps == 0:
             self.steps_taken = taken

@@ -31,8 +31,10 @@ class AdversarialTraining(SingleNetworkMethod):
     @classmethod
     def from_config(cls, cfg: RunConfig, model_factory: ModelFactory, device: torch.device) -> AdversarialTraining:
         engine = Engine(cfg, device)
-        return cls(model_factory, build_objective(cfg.method.name, cfg, engine), cfg.optim, engine,
-                   epochs=cfg.train.epochs, seed=cfg.train.seed)
+        method = cls(model_factory, build_objective(cfg.method.name, cfg, engine), cfg.optim, engine,
+                     epochs=cfg.train.epochs, seed=cfg.train.seed)
+        method.cfg = cfg
+        return method
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, StepMetrics]:
         return self.objective(self.run_model, self.train_model, x, y)

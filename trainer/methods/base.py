@@ -40,6 +40,8 @@ class Method(ABC):
         self.global_step = 0
         # True once enable_data_parallel() wrapped the trained networks (torchrun, world size > 1).
         self.data_parallel = False
+        # The run config `from_config` built the method from (None when built from objects); read by no step.
+        self.cfg: RunConfig | None = None
 
     @classmethod
     def from_config(cls, cfg: RunConfig, model_factory: ModelFactory, device: torch.device) -> Method:

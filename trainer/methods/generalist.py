@@ -111,8 +111,10 @@ class Generalist(Method):
         engine = Engine(cfg, device)
         objective = build_objective(cfg.method.generalist.robust_objective, cfg, engine)
         natural = objective.natural() if hasattr(objective, "natural") else None  # DUCAT's clean target
-        return cls(model_factory, objective, cfg.method.generalist, engine, epochs=cfg.train.epochs,
-                   seed=cfg.train.seed, natural_objective=natural)
+        method = cls(model_factory, objective, cfg.method.generalist, engine, epochs=cfg.train.epochs,
+                     seed=cfg.train.seed, natural_objective=natural)
+        method.cfg = cfg
+        return method
 
     @property
     def robust_attack(self):

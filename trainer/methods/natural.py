@@ -19,7 +19,9 @@ class Natural(SingleNetworkMethod):
 
     @classmethod
     def from_config(cls, cfg: RunConfig, model_factory: ModelFactory, device: torch.device) -> Natural:
-        return cls(model_factory, cfg.optim, Engine(cfg, device), epochs=cfg.train.epochs, seed=cfg.train.seed)
+        method = cls(model_factory, cfg.optim, Engine(cfg, device), epochs=cfg.train.epochs, seed=cfg.train.seed)
+        method.cfg = cfg
+        return method
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, StepMetrics]:
         return CleanObjective().loss(self.train_model, x, y)
