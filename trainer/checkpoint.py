@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import shlex
 import signal
@@ -38,6 +39,8 @@ import torch
 from torch import nn
 
 from trainer.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 # Format 1 (before checksums) is still read, unverified, so that older runs stay usable.
@@ -297,7 +300,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_newest_valid(path: str | Path, set_aside_rejected: bool = False) -> tuple[dict[str, Any], Path]:
     """The state of `path` if it verifies, else of its previous version; returns (state, file used).
 
-    Prints which file was used and why the newer one was rejected. With `set_aside_rejected` (resuming
+    Logs (a warning) which file was used and why the newer one was rejected. With `set_aside_rejected` (resuming
     a run), a rejected file is renamed to `<name>.rejected`: kept for inspection, and out of the way of
     the next save, which would otherwise keep it as the previous version over the good one.
     """
@@ -320,7 +323,8 @@ def load_newest_valid(path: str | Path, set_aside_rejected: bool = False) -> tup
             os.replace(bad, bad.with_name(bad.name + ".rejected"))
             reasons.append(f"moved {bad.name} to {bad.name}.rejected")
         if candidate != path:
-            print(f"checkpoint {path} rejected, using the previous version {candidate}: " + "; ".join(reasons))
+            log.warning("checkpoint %s rejected, using the previous version %s: %s", path, candidate,
+                        "; ".join(reasons))
         return state, candidate
     raise CheckpointError(f"no usable checkpoint among {[str(c) for c in candidates]}: " + "; ".join(reasons))
 
@@ -507,9 +511,7 @@ def load_export(export_dir: str | Path, device: str | torch.device = "cpu") -> n
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from trainer.config import ModelConfig, from_dict
-    from trainer.eval.class_fold import FoldedLogits
-    from trainer.models import build_model
+    from trainer.model_loading import model_from_metadata
 
     folder = Path(export_dir)
     config_path, weights_path = folder / "config.json", folder / "model.safetensors"
@@ -518,15 +520,13 @@ def load_export(export_dir: str | Path, device: str | torch.device = "cpu") -> n
             raise CheckpointError(f"export {folder}: {p.name} not found")
     try:
         meta = json.loads(config_path.read_text())
-        fold = meta.get("class_fold")
-        head_classes = int(fold["head_classes"]) if fold else int(meta["num_classes"])
-        network = build_model(from_dict(ModelConfig, meta["model"], prefix="model."), num_classes=head_classes,
-                              in_channels=int(meta["in_channels"]), image_size=int(meta["image_size"]),
-                              mean=meta["mean"], std=meta["std"])
-        model = FoldedLogits(network, fold=fold["fold"]) if fold else network
-    except (ValueError, KeyError, TypeError, ConfigError) as exc:
+    except (OSError, ValueError) as exc:
         raise CheckpointError(f"export {config_path}: not a model config this trainer can rebuild "
                               f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"export {config_path}: not a model config this trainer can rebuild (expected a JSON "
+                              f"object, found {type(meta).__name__})")
+    model = model_from_metadata(meta, f"export {config_path}")
     try:
         model.load_state_dict(load_file(str(weights_path)))
     except (RuntimeError, SafetensorError) as exc:

@@ -6,6 +6,7 @@
     python -m trainer eval runs/fmnist_generalist --which best eval.num_points=1000
     python -m trainer eval runs/fmnist_generalist --split train eval.num_points=1000   # train-test gaps
     python -m trainer export runs/fmnist_generalist --out exported/
+    python -m trainer eval --model-export exported/ eval.num_points=1000    # no run folder needed
     python -m trainer sweep runs/fmnist_generalist --num-points 500      # PGD accuracy against eps
     python -m trainer lipschitz runs/fmnist_generalist --split both --num-points 1000
     python -m trainer separation --dataset fashion-mnist --eps 0.1       # whole dataset, GPU when present
@@ -20,6 +21,7 @@ import argparse
 import contextlib
 import copy
 import errno
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -95,15 +97,16 @@ def _check_length(saved: dict, position: dict, cfg: RunConfig, change_length: bo
           "knots move with it")
 
 
-def _eval_overrides(overrides: list[str], state: dict) -> EvalConfig:
-    """The checkpoint's eval config with eval.* overrides, validated with the rest of its config."""
+def _eval_overrides(overrides: list[str], state: dict | None) -> EvalConfig:
+    """The checkpoint's eval config (the defaults for an export: `state` None) with eval.* overrides, validated
+    with the rest of its config."""
     for item in overrides:
         if not item.split("=", 1)[0].strip().startswith("eval."):
             raise ConfigError(f"override {item!r}: eval and export accept only eval.* overrides")
-    base = from_dict(EvalConfig, state["config"]["eval"], prefix="eval.")
+    base = EvalConfig() if state is None else from_dict(EvalConfig, state["config"]["eval"], prefix="eval.")
     data = apply_overrides({"eval": to_dict(base)}, overrides)["eval"]
     eval_cfg = from_dict(EvalConfig, data, prefix="eval.")
-    config_from_dict({**state["config"], "eval": to_dict(eval_cfg)})
+    config_from_dict({**({} if state is None else state["config"]), "eval": to_dict(eval_cfg)})
     return eval_cfg
 
 
@@ -161,13 +164,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from trainer.checkpoint import resolve_checkpoint
-    from trainer.evaluation import evaluate_checkpoint, results_table
+    from trainer.evaluation import evaluate_checkpoint, evaluate_export, results_table
 
+    if args.run is not None and "=" in args.run and not Path(args.run).exists():
+        # `eval --model-export DIR eval.num_points=16`: argparse hands the first override to the optional RUN.
+        args.run, args.overrides = None, [args.run, *args.overrides]
+    if (args.run is None) == (args.model_export is None):
+        raise ConfigError("eval: give a run folder or checkpoint file, or --model-export DIR (one of them)")
+    if args.model_export is None and (args.dataset or args.data_dir):
+        raise ConfigError("eval: --dataset and --data-dir go with --model-export (a run evaluates on its own dataset)")
     if args.out:
         check_output_file(args.out, "eval --out")
-    state = load_checkpoint(resolve_checkpoint(args.run, args.which))
-    report = evaluate_checkpoint(args.run, which=args.which, eval_cfg=_eval_overrides(args.overrides, state),
-                                 device=args.device, out=Path(args.out) if args.out else None, split=args.split)
+    out = Path(args.out) if args.out else None
+    if args.model_export is not None:
+        if args.split != "test":
+            raise ConfigError(f"--split {args.split} with --model-export: an export records no training split; "
+                              "expected --split test")
+        report = evaluate_export(args.model_export, eval_cfg=_eval_overrides(args.overrides, None),
+                                 dataset=args.dataset, data_dir=args.data_dir, device=args.device, out=out)
+    else:
+        state = load_checkpoint(resolve_checkpoint(args.run, args.which))
+        report = evaluate_checkpoint(args.run, which=args.which, eval_cfg=_eval_overrides(args.overrides, state),
+                                     device=args.device, out=out, split=args.split)
     print(results_table(report))
     fired = sorted({f["check"] for findings in report["sanity"].values() for f in findings})
     print(f"sanity checks: {', '.join(fired) + ' fired (see the warnings above)' if fired else 'nothing fired'}")
@@ -297,12 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 attack.eps=0.1")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a run's checkpoint: clean, PGD, CW, AutoAttack")
-    p.add_argument("run", help="run folder or checkpoint file")
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint or an exported model: clean, PGD, CW, AutoAttack")
+    p.add_argument("run", nargs="?", help="run folder or checkpoint file (or give --model-export)")
+    p.add_argument("--model-export", metavar="DIR", help="evaluate the model of an export folder (model.safetensors "
+                   "+ config.json, from `export`) on the test set of the dataset its config.json names")
+    p.add_argument("--dataset", help="with --model-export: another dataset's test set (as data.dataset)")
+    p.add_argument("--data-dir", help="with --model-export: the dataset folder (as data.data_dir)")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run folder")
     p.add_argument("--device", help="override the device (cpu, cuda, cuda:N)")
     p.add_argument("--out", help="JSON output path (default: RUN/eval_<checkpoint>.json; for --split train "
-                   "RUN/train_eval_<checkpoint>.json)")
+                   "RUN/train_eval_<checkpoint>.json; DIR/eval_model.json for --model-export DIR)")
     p.add_argument("--split", default="test", choices=["test", "train"],
                    help="points to attack: the test set, or the run's own training images without augmentation "
                         "(for generalisation gaps)")
@@ -407,8 +429,42 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+class _ConsoleHandler(logging.Handler):
+    """The library's log records as the console lines it used to print: info to stdout, warnings and errors to
+    stderr, the message alone. The stream is looked up per record: tests swap sys.stdout, and torchrun's ranks
+    other than 0 point it at /dev/null (trainer/distributed.py)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _console_logging():
+    """While a command runs, the package's info and warnings reach the console; afterwards the logger is as it was
+    (main() also runs inside other programs: tests, notebooks)."""
+    package = logging.getLogger(__name__.split(".")[0])
+    handler, level = _ConsoleHandler(), package.level
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure a user can cause is one line on stderr and exit code 2 (130: Ctrl-C)."""
+    with _console_logging():
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         args = _parse(argv)
         return args.func(args)

@@ -1,4 +1,4 @@
-"""`eval` and `export` of a finished (or interrupted) run: load a checkpoint, attack, write JSON."""
+"""`eval` and `export` of a finished (or interrupted) run: load a checkpoint or an export, attack, write JSON."""
 
 from __future__ import annotations
 
@@ -16,24 +16,22 @@ from trainer.checkpoint import (
     check_output_file,
     check_output_folder,
     export_safetensors,
+    load_checkpoint,
+    load_export,
     resolve_checkpoint,
 )
-from trainer.config import AttackConfig, EvalConfig, to_dict, validate
-from trainer.distributed import (
-    all_reduce_max,
-    all_reduce_sum,
-    init_distributed,
-    is_distributed,
-    is_rank0,
-    shard_bounds,
-    world_size,
-)
-from trainer.errors import ConfigError
+from trainer.config import AttackConfig, DataConfig, EvalConfig, RunConfig, to_dict, validate
+from trainer.data import ArrayDataset, load_dataset
+from trainer.distributed import init_distributed, is_distributed, is_rank0, world_size
+from trainer.errors import CheckpointError, ConfigError
 from trainer.eval import evaluate_models
 from trainer.eval.progress import EvalProgress
-from trainer.eval.robustness import SAME_WEIGHTS, copy_to_duplicates, same_weights
+from trainer.eval.robustness import SAME_WEIGHTS, autoattack_state_files
+from trainer.eval.sharded import evaluate_across_ranks
 from trainer.metrics import format_percent, table
-from trainer.session import dataset_tensors, model_metadata, session_from_checkpoint
+from trainer.model_loading import eval_model_from_checkpoint
+from trainer.runtime import resolve_device
+from trainer.session import checkpoint_metadata, dataset_tensors, session_from_checkpoint
 
 # What `evaluate_checkpoint` can attack: the test set, or the run's own training images (without augmentation),
 # for the generalisation gaps of spec/lipschitz.md.
@@ -86,35 +84,99 @@ def evaluate_checkpoint(run_or_file: str | Path, *, which: str = "best", eval_cf
         models = {k: v for k, v in models.items() if k in ecfg.models}
     dataset = session.splits.test if split == "test" else session.splits.train
     x, y = dataset_tensors(dataset, ecfg.num_points, session.device)
+    head = {"checkpoint": str(path), "trained_until": state["position"], "method": session.method.name,
+            "dataset": cfg.data.dataset, "split": split}
+    return _attack_and_report(head, models, x, y, ecfg, cfg.attack, cfg.data.eval_batch_size, device=session.device,
+                              out=out, progress=progress)
+
+
+def evaluate_export(export_dir: str | Path, *, eval_cfg: EvalConfig | None = None, dataset: str | None = None,
+                    data_dir: str | None = None, device: str | None = None, out: Path | None = None,
+                    progress: bool | None = None) -> dict:
+    """`evaluate_checkpoint` for an export folder (`export_checkpoint`): its model on the first eval.num_points
+    test points of the dataset its config.json names (or `dataset`), read from `data_dir` (or the dataset's
+    default folder). Same JSON as for a checkpoint, with "export" naming the folder; written to
+    EXPORT/eval_model.json unless `out` says otherwise. eps and norm: the export's threat model unless eval.eps
+    overrides eps. `device`: None picks the GPU when there is one.
+    """
+    folder = Path(export_dir)
+    if not folder.is_dir():
+        raise CheckpointError(f"export folder {folder}: not found (expected the folder `python -m trainer export` "
+                              "wrote: model.safetensors and config.json)")
+    model = load_export(folder)  # names a missing or broken file
+    meta = json.loads((folder / "config.json").read_text())
+    out = out or default_eval_path(folder / "model.safetensors")
+    check_output_file(out, "evaluation output")
+    threat = meta.get("threat_model") or {}
+    attack_cfg = AttackConfig(norm=threat.get("norm", "linf"), eps=float(threat.get("eps", AttackConfig.eps)))
+    data_cfg = _export_data_config(meta, dataset, data_dir)
+    ecfg = validate(RunConfig(data=data_cfg, attack=attack_cfg, eval=eval_cfg or EvalConfig())).eval
+    name = meta.get("exported_network", "model")
+    if ecfg.models and list(ecfg.models) != [name]:
+        raise ConfigError(f"config field 'eval.models' = {list(ecfg.models)}: export {folder} holds only the model "
+                          f"{name!r}")
+    target = resolve_device(device or "auto")
+    init_distributed("auto", target)  # a no-op outside torchrun
+    test = load_dataset(data_cfg, "test")
+    _check_export_fits(meta, test, folder)
+    x, y = dataset_tensors(test, ecfg.num_points, target)
+    head = {"checkpoint": meta.get("checkpoint"), "export": str(folder), "trained_until": meta.get("trained_until"),
+            "method": meta.get("method", "export"), "dataset": data_cfg.dataset, "split": "test"}
+    return _attack_and_report(head, {name: model.to(target)}, x, y, ecfg, attack_cfg, data_cfg.eval_batch_size,
+                              device=target, out=out, progress=progress)
+
+
+def _export_data_config(meta: dict, dataset: str | None, data_dir: str | None) -> DataConfig:
+    name = dataset or meta.get("dataset")
+    if not name:
+        raise ConfigError("export: its config.json names no dataset; pass --dataset NAME (and --data-dir PATH)")
+    if name == "synthetic":
+        # The synthetic test set is a function of its shape and class count, which the export records.
+        size = int(meta["image_size"])
+        return DataConfig(dataset=name, synthetic_shape=(int(meta["in_channels"]), size, size),
+                          synthetic_classes=int(meta["num_classes"]))
+    return DataConfig(dataset=name, data_dir=data_dir)
+
+
+def _check_export_fits(meta: dict, test: ArrayDataset, folder: Path) -> None:
+    expected = (int(meta["in_channels"]), int(meta["image_size"]), int(meta["num_classes"]))
+    found = (test.channels, test.image_size, test.num_classes)
+    if found != expected:
+        raise ConfigError(f"dataset {test.name}: test images of {found[0]} channel(s), {found[1]}x{found[1]} pixels "
+                          f"and {found[2]} classes; the model in export {folder} expects {expected[0]} channel(s), "
+                          f"{expected[1]}x{expected[1]} pixels and {expected[2]} classes (pass --data-dir, or "
+                          "--dataset)")
+
+
+def _attack_and_report(head: dict, models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor,
+                       ecfg: EvalConfig, attack_cfg: AttackConfig, batch_size: int, *, device: torch.device,
+                       out: Path, progress: bool | None) -> dict:
+    """Sanity checks, the attacks (shared by the ranks under torchrun) and the JSON report `head` begins."""
     # Every rank checks the same points (no collective), so all hold the same findings.
     sanity: dict[str, list[SanityFinding]] = {
         name: model_checks(model, x[:SANITY_POINTS], y[:SANITY_POINTS]) for name, model in models.items()}
     # AutoAttack progress lives beside the results (eval_x.autoattack-<model>.json) so a stop resumes.
-    state_prefix = out.with_suffix("") if ecfg.autoattack_resume else None
+    states = autoattack_state_files(out.with_suffix(""), models) if ecfg.autoattack_resume else None
     reporter = EvalProgress(ecfg.progress if progress is None else progress)
     start = time.perf_counter()
     if is_distributed():
-        results = evaluate_across_ranks(models, x, y, ecfg, cfg.attack, cfg.data.eval_batch_size,
-                                        state_prefix=state_prefix, progress=reporter)
+        results = evaluate_across_ranks(models, x, y, ecfg, attack_cfg, batch_size, autoattack_states=states,
+                                        progress=reporter)
     else:
-        results = evaluate_models(models, x, y, ecfg, cfg.attack, cfg.data.eval_batch_size,
-                                  state_prefix=state_prefix, progress=reporter)
+        results = evaluate_models(models, x, y, ecfg, attack_cfg, batch_size, autoattack_states=states,
+                                  progress=reporter)
     for name, res in results.items():
         sanity[name] += result_checks(res)
     report = {
-        "checkpoint": str(path),
-        "trained_until": state["position"],
-        "method": session.method.name,
-        "dataset": cfg.data.dataset,
-        "split": split,
+        **head,
         "num_points": len(x),
-        "eps": cfg.attack.eps if ecfg.eps is None else ecfg.eps,
-        "norm": cfg.attack.norm,
+        "eps": attack_cfg.eps if ecfg.eps is None else ecfg.eps,
+        "norm": attack_cfg.norm,
         "eval_config": to_dict(ecfg),
         "models": results,
         "sanity": {name: [f.to_dict() for f in findings] for name, findings in sanity.items()},
         "seconds": round(time.perf_counter() - start, 1),
-        "device": str(session.device),
+        "device": str(device),
         "processes": world_size(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -126,60 +188,6 @@ def evaluate_checkpoint(run_or_file: str | Path, *, which: str = "best", eval_cf
                        if SAME_WEIGHTS not in results[name]])
     report["written_to"] = str(out)
     return report
-
-
-def evaluate_across_ranks(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor, ecfg: EvalConfig,
-                          attack_cfg: AttackConfig, batch_size: int, *, state_prefix: Path | None,
-                          progress: EvalProgress | None = None) -> dict:
-    """`evaluate_models` under torchrun: every rank returns the accuracies over all of x.
-
-    Clean, PGD and CW judge each point on its own, so rank r attacks only its contiguous share
-    [r n / W, (r + 1) n / W) and the correct counts are summed. AutoAttack shards itself (its units go
-    round-robin to the ranks, whose flags are merged after each attack: trainer/eval/autoattack_resumable.py),
-    so it is given every point. The attack noise of a share differs from the single-process run's, so the
-    numbers agree with it statistically, not bit for bit. Seconds are the slowest rank's. Models with an
-    earlier one's weights are found once (every rank holds the same weights, so all agree) and not attacked.
-    Progress bars (rank 0's) count rank 0's share of the points.
-    """
-    total = len(x)
-    if total < world_size():
-        raise ConfigError(f"config field 'eval.num_points' = {ecfg.num_points}: {total} test point(s) cannot be "
-                          f"shared by the {world_size()} processes of this torchrun launch; use at least "
-                          f"{world_size()}")
-    start, stop = shard_bounds(total)
-    duplicates = same_weights(models)
-    unique = {name: model for name, model in models.items() if name not in duplicates}
-    for name, original in duplicates.items():
-        if progress is not None:
-            progress.note(f"{name}: same weights as {original}, evaluated once")
-    results: dict[str, dict[str, float]] = {name: {} for name in unique}
-    for attack in ecfg.attacks:  # one attack at a time keeps the configured order of the keys
-        one = dataclasses.replace(ecfg, attacks=(attack,))
-        if attack == "autoattack":
-            part = evaluate_models(unique, x, y, one, attack_cfg, batch_size, state_prefix=state_prefix,
-                                   progress=progress, dedupe=False)
-        else:
-            local = evaluate_models(unique, x[start:stop], y[start:stop], one, attack_cfg, batch_size,
-                                    progress=progress, dedupe=False)
-            part = _combine_shares(local, stop - start, total)
-        for name in unique:
-            results[name].update(part[name])
-    return copy_to_duplicates(results, list(models), duplicates)
-
-
-def _combine_shares(local: dict[str, dict[str, float]], count: int, total: int) -> dict[str, dict[str, float]]:
-    """Accuracies over this rank's `count` points -> accuracies over all `total` points of all ranks."""
-    keys = [(name, k) for name, res in local.items() for k in res]
-    # A fraction of `count` points times `count` is the correct count (exact after rounding for count < 2^24).
-    counts = torch.tensor([0.0 if k.startswith("seconds_") else round(local[name][k] * count) for name, k in keys],
-                          dtype=torch.float64)
-    seconds = torch.tensor([local[name][k] if k.startswith("seconds_") else 0.0 for name, k in keys],
-                           dtype=torch.float64)
-    counts, seconds = all_reduce_sum(counts).tolist(), all_reduce_max(seconds).tolist()
-    combined: dict[str, dict[str, float]] = {name: {} for name in local}
-    for (name, k), c, sec in zip(keys, counts, seconds):
-        combined[name][k] = sec if k.startswith("seconds_") else c / total
-    return combined
 
 
 def results_table(report: dict) -> str:
@@ -203,23 +211,15 @@ def export_checkpoint(run_or_file: str | Path, out_dir: Path, which: str = "best
 
     The model is the first of `eval_models()`, exactly what was evaluated: for DUCAT the max-folded
     C-logit `FoldedLogits` (weights under `network.`), described by `class_fold` in config.json;
-    `trainer.checkpoint.load_export` rebuilds either kind.
+    `trainer.checkpoint.load_export` rebuilds either kind. Reads no dataset when the checkpoint carries its
+    model metadata (trainer/session.py `checkpoint_metadata`).
     """
-    from trainer.eval.class_fold import FoldedLogits
-
     check_output_folder(out_dir, "export folder")
     path = resolve_checkpoint(run_or_file, which)
-    session, state = session_from_checkpoint(str(path), "cpu")
-    name, model = next(iter(session.method.eval_models().items()))
-    meta = model_metadata(session.cfg, session.splits.train)
-    meta.update({"method": session.method.name, "exported_network": name, "checkpoint": str(path),
-                 "trained_until": state["position"]})
-    if isinstance(model, FoldedLogits):
-        num_classes = meta["num_classes"]
-        meta["class_fold"] = {
-            "fold": model.fold, "head_classes": 2 * num_classes, "output_classes": num_classes,
-            "description": (f"DUCAT: the network ('network.*' weights) has {2 * num_classes} logits, class k "
-                            f"and its dummy k + {num_classes}; the exported model outputs {num_classes} logits "
-                            f"z_k = max(z_k, z_(k+{num_classes})), whose argmax is argmax-then-mod-C"),
-        }
-    return export_safetensors(model, out_dir, meta)
+    state = load_checkpoint(path)
+    meta = checkpoint_metadata(state, str(path))
+    name, model = eval_model_from_checkpoint(state, str(path), meta=meta)
+    exported = {k: v for k, v in meta.items() if k != "eval_models"}
+    exported.update({"method": state["method"], "exported_network": name, "checkpoint": str(path),
+                     "trained_until": state["position"]})
+    return export_safetensors(model, out_dir, exported)

@@ -1,7 +1,9 @@
-"""What `train`, `eval` and `export` all need: the data splits, a model factory and a built method."""
+"""What `train`, `eval`, `export` and `load_model` need: the data splits, a model factory, a built method, and
+the model's metadata, which rebuilds the evaluated models from a checkpoint without the dataset."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,10 +12,16 @@ import torch
 from trainer.checkpoint import load_checkpoint
 from trainer.config import RunConfig, config_from_dict
 from trainer.data import ArrayDataset, DataSplits, load_splits
-from trainer.errors import CheckpointError
+from trainer.errors import CheckpointError, DatasetError
+from trainer.eval.class_fold import FoldedLogits
 from trainer.methods import Method, build_method
 from trainer.models import build_model
 from trainer.runtime import resolve_device
+
+log = logging.getLogger(__name__)
+
+# The checkpoint entry holding `model_metadata` (written by trainer/training.py `_state` from Session.metadata).
+METADATA_KEY = "model_metadata"
 
 
 @dataclass
@@ -22,22 +30,48 @@ class Session:
     device: torch.device
     splits: DataSplits
     method: Method
+    # model_metadata(cfg, splits.train, method): saved in every checkpoint.
+    metadata: dict
 
 
-def model_metadata(cfg: RunConfig, dataset: ArrayDataset) -> dict:
-    """Everything needed to rebuild the model without the dataset (kept in exports)."""
-    return {
+def model_metadata(cfg: RunConfig, dataset: ArrayDataset, method: Method) -> dict:
+    """Everything needed to rebuild the method's evaluated models without the dataset (kept in checkpoints and
+    exports): the network's settings and data-dependent sizes, `eval_models` ({name in `method.eval_models()`: the
+    key of its network in the checkpoint's networks}, the shipped model first) and, for DUCAT, the class fold.
+
+    Plain Python values only, so that checkpoints still load with weights_only=True.
+    """
+    meta = {
         "model": {"arch": cfg.model.arch, "dropout": cfg.model.dropout, "depth": cfg.model.depth,
                   "widen": cfg.model.widen},
-        "num_classes": dataset.num_classes,
-        "in_channels": dataset.channels,
-        "image_size": dataset.image_size,
-        "mean": list(dataset.mean),
-        "std": list(dataset.std),
+        "num_classes": int(dataset.num_classes),
+        "in_channels": int(dataset.channels),
+        "image_size": int(dataset.image_size),
+        "mean": [float(m) for m in dataset.mean],
+        "std": [float(s) for s in dataset.std],
         "dataset": cfg.data.dataset,
         "input_range": [0.0, 1.0],
         "threat_model": {"norm": cfg.attack.norm, "eps": cfg.attack.eps},
+        "eval_models": saved_network_keys(method),
     }
+    shipped = next(iter(method.eval_models().values()))
+    if isinstance(shipped, FoldedLogits):
+        num_classes = meta["num_classes"]
+        meta["class_fold"] = {
+            "fold": shipped.fold, "head_classes": 2 * num_classes, "output_classes": num_classes,
+            "description": (f"DUCAT: the network ('network.*' weights) has {2 * num_classes} logits, class k "
+                            f"and its dummy k + {num_classes}; the exported model outputs {num_classes} logits "
+                            f"z_k = max(z_k, z_(k+{num_classes})), whose argmax is argmax-then-mod-C"),
+        }
+    return meta
+
+
+def saved_network_keys(method: Method) -> dict[str, str | None]:
+    """{eval model name: the key in `method.networks()` of the network it is (or, DUCAT, folds)}, in the order of
+    `eval_models()`; None for an eval model that is no saved network (it cannot be rebuilt from a checkpoint)."""
+    key_of = {id(net): key for key, net in method.networks().items()}
+    return {name: key_of.get(id(model.network if isinstance(model, FoldedLogits) else model))
+            for name, model in method.eval_models().items()}
 
 
 def open_session(cfg: RunConfig) -> Session:
@@ -52,7 +86,7 @@ def open_session(cfg: RunConfig) -> Session:
     # All networks of a method come from one initialisation drawn right after seeding.
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg, model_factory, device)
-    return Session(cfg, device, splits, method)
+    return Session(cfg, device, splits, method, model_metadata(cfg, ref, method))
 
 
 def load_networks(method: Method, state: dict, source: str) -> None:
@@ -70,7 +104,7 @@ def load_networks(method: Method, state: dict, source: str) -> None:
 
 
 def session_from_checkpoint(path: str, device: str | None = None) -> tuple[Session, dict]:
-    """Rebuild the run a checkpoint came from and load its networks (for eval and export)."""
+    """Rebuild the run a checkpoint came from, data included, and load its networks (for eval and analysis)."""
     state = load_checkpoint(path)
     cfg_dict = state["config"]
     if device is not None:
@@ -78,6 +112,27 @@ def session_from_checkpoint(path: str, device: str | None = None) -> tuple[Sessi
     session = open_session(config_from_dict(cfg_dict))
     load_networks(session.method, state, str(path))
     return session, state
+
+
+def checkpoint_metadata(state: dict, source: str) -> dict:
+    """The checkpoint's model metadata; for a checkpoint written before it carried any, rebuilt from the
+    dataset it was trained on (on the CPU), with a note in the log, or a CheckpointError naming what is missing."""
+    meta = state.get(METADATA_KEY)
+    if meta is not None:
+        return meta
+    cfg_dict = {**state["config"], "train": {**state["config"]["train"], "device": "cpu"}}
+    cfg = config_from_dict(cfg_dict)
+    try:
+        # Seeds the global RNG (open_session): the caller's stream is kept.
+        with torch.random.fork_rng(devices=[]):
+            session = open_session(cfg)
+    except DatasetError as exc:
+        raise CheckpointError(f"checkpoint {source}: has no model metadata (written before checkpoints carried "
+                              f"it), so the model can only be rebuilt from its dataset, and {cfg.data.dataset} "
+                              f"cannot be read: {exc}") from None
+    log.warning("checkpoint %s: written before checkpoints carried the model's metadata; rebuilt it from the "
+                "%s dataset (a checkpoint saved from now on loads without the data)", source, cfg.data.dataset)
+    return session.metadata
 
 
 def dataset_tensors(ds: ArrayDataset, n: int | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -148,6 +148,7 @@ def _state(session: Session, epoch: int, batch: int, best: float | None, best_ep
         "method_state": method.extra_state(),
         "rng": capture_rng_state(),
         "best": {"score": best, "epoch": best_epoch},
+        "model_metadata": session.metadata,  # rebuilds the model without the dataset (trainer/model_loading.py)
     }
 
 

@@ -60,7 +60,7 @@ def test_result_checks_run_on_each_models_accuracies(run, tmp_path, monkeypatch)
     """AutoAttack above PGD on the same points is flagged (evaluate_models stands in for a slow AutoAttack)."""
     seen = {}
 
-    def fake_evaluate_models(models, x, y, ecfg, attack_cfg, batch_size, *, state_prefix=None, progress=None):
+    def fake_evaluate_models(models, x, y, ecfg, attack_cfg, batch_size, *, autoattack_states=None, progress=None):
         seen["points"] = len(x)
         return {name: {"clean": 0.9, "pgd2": 0.3, "autoattack": 0.5} for name in models}
 

@@ -14,7 +14,13 @@ from trainer.config import AttackConfig, EvalConfig
 from trainer.eval import robustness
 from trainer.eval.autoattack_resumable import AutoAttackResult
 from trainer.eval.class_fold import FoldedLogits
-from trainer.eval.robustness import SAME_WEIGHTS, evaluate_models, same_weights, weights_fingerprint
+from trainer.eval.robustness import (
+    SAME_WEIGHTS,
+    autoattack_state_files,
+    evaluate_models,
+    same_weights,
+    weights_fingerprint,
+)
 from trainer.evaluation import evaluate_across_ranks, results_table
 
 CFG = EvalConfig(num_points=20, eps=EPS, attacks=("clean", "pgd", "cw"), pgd_steps=2, cw_steps=2)
@@ -101,7 +107,7 @@ def test_autoattack_runs_once_for_identical_networks(tmp_path, monkeypatch):
     monkeypatch.setattr(robustness, "autoattack_robust", fake_autoattack)
     results = evaluate_models({"global": model, "robust": copy.deepcopy(model)}, x, y,
                               EvalConfig(eps=EPS, attacks=("autoattack",)), AttackConfig(eps=EPS), 4,
-                              state_prefix=tmp_path / "eval_last")
+                              autoattack_states=autoattack_state_files(tmp_path / "eval_last", ["global", "robust"]))
     assert runs == [tmp_path / "eval_last.autoattack-global.json"]  # no state file of its own for the twin
     assert results["robust"] == {SAME_WEIGHTS: "global", "autoattack_after_apgd-ce": 1.0, "autoattack": 1.0}
 
@@ -111,7 +117,7 @@ def test_across_ranks_evaluates_a_duplicate_once(counted_evaluations):
     process, where its reductions are the identity."""
     model, x, y = tiny_problem()
     results = evaluate_across_ranks({"global": model, "robust": copy.deepcopy(model)}, x, y, CFG,
-                                    AttackConfig(eps=EPS), 4, state_prefix=None)
+                                    AttackConfig(eps=EPS), 4)
     assert counted_evaluations == [model] * len(CFG.attacks)  # one call per attack, all on the first model
     assert results["robust"][SAME_WEIGHTS] == "global"
     assert results["robust"]["pgd2"] == results["global"]["pgd2"]

@@ -139,7 +139,7 @@ def test_a_file_cut_short_is_not_kept_over_a_good_previous_version(tmp_path):
     assert load_checkpoint(previous_version(path))["position"]["global_step"] == 1
 
 
-def test_load_newest_valid_falls_back_and_says_why(tmp_path, capsys):
+def test_load_newest_valid_falls_back_and_says_why(tmp_path, caplog):
     path = tmp_path / LAST
     save_checkpoint(path, _state(1))
     save_checkpoint(path, _state(2))
@@ -148,7 +148,7 @@ def test_load_newest_valid_falls_back_and_says_why(tmp_path, capsys):
         load_checkpoint(path)
     state, used = load_newest_valid(path)
     assert used == previous_version(path) and state["position"]["global_step"] == 1
-    out = capsys.readouterr().out
+    out = caplog.text  # a warning through logging (the CLI shows it on the console)
     assert f"checkpoint {path} rejected, using the previous version {used}" in out and "footer" in out
     assert path.exists()  # read-only use leaves the files alone
     load_newest_valid(path, set_aside_rejected=True)
@@ -181,7 +181,7 @@ def restore_torch_threads():
     torch.set_num_threads(threads)
 
 
-def test_checkpoint_cut_short_on_disk_resumes_from_the_previous_one_bit_exact(tmp_path, capsys,
+def test_checkpoint_cut_short_on_disk_resumes_from_the_previous_one_bit_exact(tmp_path, capsys, caplog,
                                                                               restore_torch_threads):
     straight = tiny_config(tmp_path / "a", "train.deterministic=false")
     assert train(straight).finished
@@ -194,7 +194,7 @@ def test_checkpoint_cut_short_on_disk_resumes_from_the_previous_one_bit_exact(tm
     capsys.readouterr()
     result = train(dataclasses.replace(split, train=dataclasses.replace(split.train, max_steps=None)), resume=True)
     out = capsys.readouterr().out
-    assert f"checkpoint {last} rejected, using the previous version {previous_version(last)}" in out
+    assert f"checkpoint {last} rejected, using the previous version {previous_version(last)}" in caplog.text
     assert f"resumed {previous_version(last)}: epoch 2, batch 0, step 4" in out
     assert result.finished and (tmp_path / "b" / "last.pt.rejected").exists()
     assert_same_state(last, tmp_path / "a" / LAST)

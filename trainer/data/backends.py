@@ -19,6 +19,8 @@ the device's memory, else the cpu backend. Auto never picks dali or torch: those
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from trainer.config import DATA_BACKENDS, DataConfig
@@ -32,6 +34,8 @@ from trainer.errors import ConfigError
 # Share of the device's total memory the resident dataset may take under `auto`; the rest is left
 # to the networks, activations and attack buffers (CIFAR-10's 50k training images are 150 MB).
 GPU_RESIDENT_FRACTION = 0.25
+
+log = logging.getLogger(__name__)
 
 TrainLoader = CpuLoader | GpuLoader | DaliLoader | TorchLoader
 
@@ -59,10 +63,10 @@ def choose_backend(backend: str, dataset: ArrayDataset, device: torch.device) ->
 
 def build_train_loader(data_cfg: DataConfig, dataset: ArrayDataset, *, device: torch.device | str, seed: int,
                        padding: int, flip: bool, rank: int = 0, world_size: int = 1) -> TrainLoader:
-    """The shuffled, augmented, drop_last training loader of `data_cfg.backend`; prints the choice once."""
+    """The shuffled, augmented, drop_last training loader of `data_cfg.backend`; logs the choice once."""
     device = torch.device(device)
     backend, reason = choose_backend(data_cfg.backend, dataset, device)
-    print(f"data backend: {backend} ({reason})")
+    log.info("data backend: %s (%s)", backend, reason)
     common = dict(shuffle=True, padding=padding, flip=flip, seed=seed, drop_last=True)
     sharding = dict(rank=rank, world_size=world_size)
     if backend == "cpu":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -161,21 +161,23 @@ def copy_to_duplicates(results: Mapping[str, dict], order: list[str], duplicates
             for name in order}
 
 
+def autoattack_state_files(prefix: Path, names: Iterable[str]) -> dict[str, Path]:
+    """{model name: `<prefix>.autoattack-<name>.json`}: where `evaluate_checkpoint` keeps each model's AutoAttack
+    progress beside its results (eval_best.json -> eval_best.autoattack-global.json)."""
+    return {name: prefix.with_name(f"{prefix.name}.autoattack-{name}.json") for name in names}
+
+
 def evaluate_models(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, eval_cfg: EvalConfig,
-                    attack_cfg: AttackConfig, batch_size: int, *, state_prefix: Path | None = None,
+                    attack_cfg: AttackConfig, batch_size: int, *, autoattack_states: Mapping[str, Path] | None = None,
                     progress: EvalProgress | bool | None = None, dedupe: bool = True) -> dict[str, dict]:
-    """Every model on the same points; AutoAttack state files are `<state_prefix>.autoattack-<model>.json`.
+    """Every model on the same points; a model named in `autoattack_states` resumes (and keeps updating) its
+    AutoAttack from that state file.
 
     With `dedupe`, a model whose weights equal an earlier one's (`same_weights`) is not attacked again: its
     result is the earlier model's accuracies with SAME_WEIGHTS naming it. `progress` as in `evaluate_model`.
     """
     progress = as_progress(progress)
-
-    def state_file(name: str) -> Path | None:
-        if state_prefix is None:
-            return None
-        return state_prefix.with_name(f"{state_prefix.name}.autoattack-{name}.json")
-
+    states = autoattack_states or {}
     duplicates = same_weights(models) if dedupe and len(models) > 1 else {}
     results = {}
     for name, model in models.items():
@@ -183,5 +185,5 @@ def evaluate_models(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tens
             progress.note(f"{name}: same weights as {duplicates[name]}, evaluated once")
             continue
         results[name] = evaluate_model(model, x, y, eval_cfg, attack_cfg, batch_size,
-                                       autoattack_state=state_file(name), progress=progress.labelled(name))
+                                       autoattack_state=states.get(name), progress=progress.labelled(name))
     return copy_to_duplicates(results, list(models), duplicates)
