@@ -206,3 +206,27 @@ def test_metadata_maps_each_evaluated_model_to_its_saved_network():
     meta = {"eval_models": keys}
     with pytest.raises(CheckpointError, match="model 'average' is computed by its method, not saved as a network"):
         eval_model_from_checkpoint({"networks": {}}, "x.pt", meta=meta)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: trainer.attacks.PGD(eps=0.1, step=0.03, steps=5),
+    lambda: trainer.attacks.PGD(eps=0.5, step=0.2, steps=5, norm="l2"),
+    lambda: trainer.attacks.CWLinf(eps=0.1, step=0.03, steps=5),
+    lambda: trainer.attacks.TradesKL(eps=0.1, step=0.03, steps=5),
+], ids=["pgd_linf", "pgd_l2", "cw_linf", "trades_kl"])
+def test_the_attacks_work_alone_on_any_module_with_the_contract(make):
+    """A module the trainer never built (BatchNorm in train mode, gradients on): inputs stay in the ball and in
+    [0, 1], the module's mode, BatchNorm statistics and parameter gradients are left as they were."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10 * 10, 10))
+    model.train()
+    x, y = torch.rand(6, 1, 12, 12), torch.randint(0, 10, (6,))
+    stats = model[1].running_mean.clone()
+    attack = make()
+    x_adv = attack(model, x, y)
+    assert x_adv.shape == x.shape and not x_adv.requires_grad
+    assert 0.0 <= float(x_adv.min()) and float(x_adv.max()) <= 1.0
+    distance = (x_adv - x).flatten(1).norm(dim=1) if getattr(attack, "norm", "linf") == "l2" else (x_adv - x).abs()
+    assert float(distance.max()) <= attack.eps + 1e-5
+    assert model.training and model[1].training  # run in eval mode, its flags restored
+    assert torch.equal(model[1].running_mean, stats) and all(p.grad is None for p in model.parameters())
