@@ -49,7 +49,6 @@ import torch
 from bench.common import RESULTS_DIR, device_info, device_slug, setup_cpu_threads, synchronize
 from bench.reference_loop import ReferenceGeneralist, endless, reference_loader
 from trainer.config import RunConfig, load_config, to_dict
-from trainer.data import augmentation_defaults
 from trainer.engine import (
     PHASES,
     PhaseTimer,
@@ -59,7 +58,7 @@ from trainer.engine import (
     restore_backend_state,
     timing_phases,
 )
-from trainer.engine.profiling import endless_batches, training_loader
+from trainer.engine.profiling import endless_batches
 from trainer.methods.generalist_schedule import mix_beta
 from trainer.models import build_model
 from trainer.session import Session, open_session
@@ -176,7 +175,7 @@ def phase_breakdown(iteration: Callable[[], object], device: torch.device, iters
 def ours_iteration(session: Session) -> Callable[[], None]:
     method = session.method
     method.start_epoch(1)
-    batches = endless_batches(training_loader(session), session.device)
+    batches = endless_batches(session.train_loader(), session.device)
 
     def iteration() -> None:
         with phase("data"):
@@ -203,7 +202,7 @@ def reference_iteration(session: Session, args: argparse.Namespace) -> Callable[
                               natural_lr=g.natural_optim.lr.at(1, epochs), natural_momentum=g.natural_optim.momentum,
                               natural_weight_decay=g.natural_optim.weight_decay, beta=mix_beta(1, epochs, g),
                               decay_max=g.decay_max, decay_warmup=g.decay_warmup)
-    padding, flip = augmentation_defaults(cfg.data.dataset, train.image_size)
+    padding, flip = session.augmentation()
     loader = reference_loader(train, cfg.data.batch_size, padding=padding, flip=flip,
                               num_workers=args.reference_workers, seed=cfg.train.seed)
     batches = endless(loader, session.device)

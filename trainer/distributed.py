@@ -222,6 +222,13 @@ def shard_bounds(count: int, shard_rank: int | None = None, shards: int | None =
     return r * count // w, (r + 1) * count // w
 
 
+def rank_rows_of_batch(batch: int, global_batch: int, dataset_size: int) -> tuple[int, int]:
+    """(global index of this rank's first row, rows of the whole global batch) for batch `batch` (0-based) of an
+    epoch: each rank loads `global_batch // world_size()` consecutive rows of every global batch (the loader's
+    rank slice); a global batch is never longer than what is left of the dataset."""
+    return rank() * (global_batch // world_size()), min(global_batch, dataset_size - batch * global_batch)
+
+
 # ---------------------------------------------------------------------------------------------
 # Data-parallel networks
 
