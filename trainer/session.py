@@ -9,14 +9,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainer.checkpoint import load_checkpoint
-from trainer.config import RunConfig, config_from_dict
-from trainer.data import ArrayDataset, DataSplits, augmentation_defaults, build_train_loader, load_splits
-from trainer.errors import CheckpointError, ConfigError, DatasetError
-from trainer.eval.class_fold import FoldedLogits
-from trainer.methods import Method, build_method
-from trainer.models import build_model
-from trainer.runtime import resolve_device
+from .checkpoint import load_checkpoint
+from .config import RunConfig, config_from_dict
+from .data import ArrayDataset, DataSplits, augmentation_defaults, build_train_loader, load_splits
+from .errors import CheckpointError, ConfigError, DatasetError
+from .eval.class_fold import FoldedLogits
+from .methods import Method, build_method
+from .models import build_model
+from .runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

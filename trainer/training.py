@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from trainer.best_checkpoint import BestCheckpoint
-from trainer.checkpoint import BEST, LAST, previous_version, save_checkpoint
-from trainer.config import RunConfig, save_config
-from trainer.distributed import (
+from .best_checkpoint import BestCheckpoint
+from .checkpoint import BEST, LAST, previous_version, save_checkpoint
+from .config import RunConfig, save_config
+from .distributed import (
     REPLICAS_FILE,
     assert_replicas_identical,
     barrier,
@@ -30,17 +30,17 @@ from trainer.distributed import (
     record_replicas,
     world_size,
 )
-from trainer.distributed import rank as dist_rank
-from trainer.engine import Kind, StepAccumulator, apply_backend_policy
-from trainer.errors import ConfigError, Interrupted
-from trainer.guards import FiniteGuard
-from trainer.methods import Method
-from trainer.metrics import MetricsLogger
-from trainer.run_lock import RunFolderLock, acquire_run_folder
-from trainer.runtime import configure_threads, resolve_device, seed_everything
-from trainer.session import Session, open_session
-from trainer.training_state import read_resume_state, restore_training_state, training_state
-from trainer.validation import selection_score, validate
+from .distributed import rank as dist_rank
+from .engine import Kind, StepAccumulator, apply_backend_policy
+from .errors import ConfigError, Interrupted
+from .guards import FiniteGuard
+from .methods import Method
+from .metrics import MetricsLogger
+from .run_lock import RunFolderLock, acquire_run_folder
+from .runtime import configure_threads, resolve_device, seed_everything
+from .session import Session, open_session
+from .training_state import read_resume_state, restore_training_state, training_state
+from .validation import selection_score, validate
 
 __all__ = ["TrainResult", "train", "validate", "selection_score", "shipped_model", "claim_run_folder"]
 
@@ -320,10 +320,10 @@ class _Progress:
         where = "before the first step" if self.method is None else f"at step {self.method.global_step}"
         if (run_dir / LAST).exists() or previous_version(run_dir / LAST).exists():
             since = "" if self.checkpoint_step is None else f", step {self.checkpoint_step}"
-            return Interrupted(f"interrupted {where}; resume with: python -m trainer train --resume "
+            return Interrupted(f"interrupted {where}; resume with: python -m generalist_trainer train --resume "
                                f"{shlex.quote(str(run_dir))} (it continues from the last checkpoint{since})")
         config = run_dir / "config.yaml"
-        again = (f"python -m trainer train --config {shlex.quote(str(config))}" if config.is_file()
+        again = (f"python -m generalist_trainer train --config {shlex.quote(str(config))}" if config.is_file()
                  else "the same command")
         return Interrupted(f"interrupted {where}, before the first checkpoint (nothing to resume); start again "
                            f"with: {again}")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.best_checkpoint import BestCheckpoint
-from trainer.checkpoint import load_resume_state
-from trainer.config import to_dict
-from trainer.distributed import barrier
-from trainer.errors import CheckpointError
-from trainer.runtime import capture_rng_state, restore_rng_state
-from trainer.session import Session, load_networks
+from .best_checkpoint import BestCheckpoint
+from .checkpoint import load_resume_state
+from .config import to_dict
+from .distributed import barrier
+from .errors import CheckpointError
+from .runtime import capture_rng_state, restore_rng_state
+from .session import Session, load_networks
 
 
 def training_state(session: Session, epoch: int, batch: int, best: BestCheckpoint) -> dict:

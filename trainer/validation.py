@@ -1,5 +1,5 @@
 """Validation after each epoch: clean and PGD-k accuracy of the shipped model on the validation split (never
-the test set), through the evaluation code of `python -m trainer eval` (trainer/eval/robustness.py), with
+the test set), through the evaluation code of `python -m generalist_trainer eval` (trainer/eval/robustness.py), with
 the run's attack eps and eval.step_ratio, its own step count (train.val_pgd_steps) and a generator of its own."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from trainer.config import EvalConfig
-from trainer.distributed import is_distributed, world_size
-from trainer.errors import ConfigError
-from trainer.eval.robustness import evaluate_model
-from trainer.eval.sharded import evaluate_across_ranks
-from trainer.session import Session, dataset_tensors
+from .config import EvalConfig
+from .distributed import is_distributed, world_size
+from .errors import ConfigError
+from .eval.robustness import evaluate_model
+from .eval.sharded import evaluate_across_ranks
+from .session import Session, dataset_tensors
 
 
 def selection_score(clean: float, pgd: float, metric: str) -> float:

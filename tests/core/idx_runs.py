@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from generalist_trainer.trainer.config import RunConfig, load_config
 
 from tests.data.file_formats import write_idx_dataset
-from trainer.config import RunConfig, load_config
 
 SIDE = 12
 

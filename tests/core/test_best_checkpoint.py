@@ -1,6 +1,6 @@
 """BestCheckpoint: the highest validation score among selectable epochs; DUCAT's late start forgets earlier bests."""
 
-from trainer.best_checkpoint import BestCheckpoint
+from generalist_trainer.trainer.best_checkpoint import BestCheckpoint
 
 
 def test_keeps_the_highest_score_and_ties_keep_the_earlier_epoch():

@@ -7,14 +7,14 @@ import math
 
 import pytest
 import torch
+from generalist_trainer.trainer.attacks import EarlyStopPGD
+from generalist_trainer.trainer.errors import ConfigError
+from generalist_trainer.trainer.methods import build_method
+from generalist_trainer.trainer.objectives.mart import MART
+from generalist_trainer.trainer.registry import MODELS, OBJECTIVES, load_registrations
 from torch import nn
 
 from tests.engine.helpers import tiny_batch, tiny_config, tiny_method
-from trainer.attacks import EarlyStopPGD
-from trainer.errors import ConfigError
-from trainer.methods import build_method
-from trainer.objectives.mart import MART
-from trainer.registry import MODELS, OBJECTIVES, load_registrations
 
 load_registrations()
 OBJECTIVE_NAMES = OBJECTIVES.names()
@@ -124,7 +124,7 @@ def test_fat_attack_stops_each_sample_tau_steps_past_the_boundary(tau):
 
 
 def test_fat_with_a_large_tau_is_pgd():
-    from trainer.attacks import PGD
+    from generalist_trainer.trainer.attacks import PGD
 
     net = _linear()
     gen = torch.Generator().manual_seed(3)
@@ -166,7 +166,7 @@ def registered_model():
 
 
 def test_a_model_registered_in_a_test_file_is_accepted_and_trains(registered_model):
-    from trainer.models import build_model
+    from generalist_trainer.trainer.models import build_model
 
     with pytest.raises(ConfigError, match="model.arch"):
         tiny_config("model.arch=test_two_layer_unregistered")

@@ -26,7 +26,7 @@ def test_the_readme_python_example_runs(tmp_path):
     assert len(blocks) == 1
     example = blocks[0]
     for name in ("load_config", "train", "load_model", "evaluate", "attacks.PGD", "state_file"):
-        assert f"trainer.{name}" in example or name in example, name
+        assert f"gt.{name}" in example, name
     # The example as a user runs it (its own folder for runs/); the checks after it only read what it made.
     checks = """
 assert result.finished and (result.run_dir / "best.pt").is_file()

@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from trainer.checkpoint import BEST, LAST, load_checkpoint
-from trainer.config import load_config
-from trainer.training import train
+from generalist_trainer.trainer.checkpoint import BEST, LAST, load_checkpoint
+from generalist_trainer.trainer.config import load_config
+from generalist_trainer.trainer.training import train
 
 DIGESTS = Path(__file__).with_name("training_loop_digests.json")
 TINY = [

@@ -1,13 +1,13 @@
 """ArrayDataset, dispatch from DataConfig to the readers, and where the errors point."""
 
+import generalist_trainer.trainer.data.dataset as dataset_module
 import numpy as np
 import pytest
+from generalist_trainer.trainer.config import DataConfig
+from generalist_trainer.trainer.data import ArrayDataset, first_n, load_dataset
+from generalist_trainer.trainer.errors import ConfigError, DatasetError
 
-import trainer.data.dataset as dataset_module
 from tests.data.file_formats import cifar_rows, write_idx_dataset, write_python3_batch, write_svhn
-from trainer.config import DataConfig
-from trainer.data import ArrayDataset, first_n, load_dataset
-from trainer.errors import ConfigError, DatasetError
 
 
 def _dataset(count=6, side=4, channels=1):

@@ -2,10 +2,8 @@
 
 import pytest
 import torch
-from torch import nn
-
-from trainer.attacks import eval_mode
-from trainer.eval.class_fold import (
+from generalist_trainer.trainer.attacks import eval_mode
+from generalist_trainer.trainer.eval.class_fold import (
     FoldedLogits,
     argmax_mod_classes,
     fold_logsumexp,
@@ -13,6 +11,7 @@ from trainer.eval.class_fold import (
     fold_models,
     logsumexp_view,
 )
+from torch import nn
 
 
 def reference_prediction(row: list[float], num_classes: int) -> int:

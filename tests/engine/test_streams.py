@@ -4,11 +4,10 @@ random numbers do not depend on the order. Real overlap on two CUDA streams is c
 
 import contextlib
 
+import generalist_trainer.trainer.methods.generalist as generalist_module
 import pytest
 import torch
-
-import trainer.methods.generalist as generalist_module
-from trainer.engine.streams import ExpertStreams, independent_rng
+from generalist_trainer.trainer.engine.streams import ExpertStreams, independent_rng
 
 from .helpers import (
     StorageAccess,

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from generalist_trainer.trainer.eval import autoattack_adapter, autoattack_resumable
 from torch import nn
-
-from trainer.eval import autoattack_adapter, autoattack_resumable
 
 EPS = 0.05
 BATCH = 4

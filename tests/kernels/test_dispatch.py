@@ -2,8 +2,15 @@
 
 import pytest
 import torch
+from generalist_trainer.kernels import (
+    KernelUnavailableError,
+    cuda_native,
+    dispatch,
+    lerp_,
+    resolve_policy,
+    set_default_policy,
+)
 
-from kernels import KernelUnavailableError, cuda_native, dispatch, lerp_, resolve_policy, set_default_policy
 from tests.kernels.conftest import DEVICE, triton_runs_here
 
 

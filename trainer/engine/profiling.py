@@ -1,4 +1,4 @@
-"""`python -m trainer profile`: a torch.profiler trace of N training iterations, with one range per phase.
+"""`python -m generalist_trainer profile`: a torch.profiler trace of N training iterations, with one range per phase.
 
 The run is built exactly as `train` builds it (seed, data splits, method, engine, cuDNN/TF32 policy, loader
 backend), then a few warm-up iterations run unrecorded (cuDNN autotuning, torch.compile, the CUDA graph
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import RunConfig
-from trainer.engine.backends import apply_backend_policy
-from trainer.engine.phases import PHASES, phase, phase_ranges
-from trainer.errors import ConfigError
-from trainer.runtime import configure_threads, seed_everything
-from trainer.session import open_session
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..runtime import configure_threads, seed_everything
+from ..session import open_session
+from .backends import apply_backend_policy
+from .phases import PHASES, phase, phase_ranges
 
 
 def endless_batches(loader, device: torch.device, first_epoch: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -4,9 +4,9 @@ sample stopped `method.fat.tau` steps past the decision boundary."""
 
 from __future__ import annotations
 
-from trainer.attacks import EarlyStopPGD
-from trainer.objectives.pgd_at import PGDAT
-from trainer.registry import OBJECTIVES
+from ..attacks import EarlyStopPGD
+from ..registry import OBJECTIVES
+from .pgd_at import PGDAT
 
 
 @OBJECTIVES.register("fat", supports_ducat=False, graph_capturable=False)
