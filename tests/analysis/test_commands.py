@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+
 from generalist_trainer.trainer.cli import main
 from generalist_trainer.trainer.config import DataConfig
 from generalist_trainer.trainer.data import load_dataset

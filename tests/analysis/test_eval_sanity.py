@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+
 from generalist_trainer.trainer.analysis.sanity import RobustnessSanityWarning
 from generalist_trainer.trainer.checkpoint import BEST, load_checkpoint, save_checkpoint
 from generalist_trainer.trainer.config import EvalConfig, load_config

@@ -3,11 +3,12 @@ and the evaluation contract (model mode, BatchNorm buffers, global RNG, paramete
 
 import pytest
 import torch
+from torch import nn
+
 from generalist_trainer.trainer.analysis.lipschitz import LipschitzConfig, lipschitz_ratio, local_lipschitz
 from generalist_trainer.trainer.config import ModelConfig
 from generalist_trainer.trainer.errors import ConfigError
 from generalist_trainer.trainer.models import build_model
-from torch import nn
 
 SHAPE = (1, 6, 8)  # 48 pixels
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from generalist_trainer.trainer.analysis.report import (
     RunRecord,
     epoch_curve,

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+
 from generalist_trainer.trainer.checkpoint import LAST, load_checkpoint
 from generalist_trainer.trainer.config import ModelConfig, load_config
 from generalist_trainer.trainer.errors import ConfigError

@@ -4,6 +4,8 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
+
 from generalist_trainer.trainer.analysis.eps_sweep import accuracy_vs_eps
 from generalist_trainer.trainer.analysis.sanity import (
     CHECKS,
@@ -20,7 +22,6 @@ from generalist_trainer.trainer.analysis.sanity import (
 )
 from generalist_trainer.trainer.config import ModelConfig
 from generalist_trainer.trainer.models import build_model
-from torch import nn
 
 LEVELS = torch.tensor([0.2, 0.5, 0.8])
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from generalist_trainer.trainer.analysis.separation import block_sizes, nearest_other_label, separation, summarize
 from generalist_trainer.trainer.errors import DatasetError
 

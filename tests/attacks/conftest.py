@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from generalist_trainer.trainer.config import ModelConfig
 from generalist_trainer.trainer.models import build_model
 

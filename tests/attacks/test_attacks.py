@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from generalist_trainer.trainer.attacks import PGD, Attack, CWLinf, TradesKL, build_train_attack, eval_mode
 from generalist_trainer.trainer.attacks.cw import cw_margin
 from generalist_trainer.trainer.config import AttackConfig

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from generalist_trainer.trainer.config import RunConfig, load_config
 
+from generalist_trainer.trainer.config import RunConfig, load_config
 from tests.data.file_formats import write_idx_dataset
 
 SIDE = 12

@@ -6,6 +6,7 @@ import stat
 
 import pytest
 import torch
+
 from generalist_trainer.trainer.checkpoint import LAST, atomic_write, load_checkpoint
 from generalist_trainer.trainer.config import load_config
 from generalist_trainer.trainer.errors import CheckpointError, ConfigError

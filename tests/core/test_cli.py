@@ -5,10 +5,11 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from generalist_trainer.trainer.cli import main
 from generalist_trainer.trainer.config import ModelConfig
 from generalist_trainer.trainer.models import build_model
-from safetensors.torch import load_file
 
 from .test_checkpoint_resume import TINY
 

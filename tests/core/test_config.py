@@ -1,4 +1,5 @@
 import pytest
+
 from generalist_trainer.trainer.config import (
     RunConfig,
     Schedule,

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+
 from generalist_trainer.trainer.cli import main
 from generalist_trainer.trainer.config import load_config
 from generalist_trainer.trainer.errors import ConfigError

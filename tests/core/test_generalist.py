@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+
 from generalist_trainer.trainer.config import GeneralistConfig, load_config
 from generalist_trainer.trainer.methods.generalist import Generalist
 from generalist_trainer.trainer.methods.generalist_schedule import (

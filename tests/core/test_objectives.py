@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
 from generalist_trainer.trainer.attacks import EarlyStopPGD
 from generalist_trainer.trainer.errors import ConfigError
 from generalist_trainer.trainer.methods import build_method
 from generalist_trainer.trainer.objectives.mart import MART
 from generalist_trainer.trainer.registry import MODELS, OBJECTIVES, load_registrations
-from torch import nn
-
 from tests.engine.helpers import tiny_batch, tiny_config, tiny_method
 
 load_registrations()

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
+import generalist_trainer as gt
 from generalist_trainer.trainer.checkpoint import load_checkpoint, save_checkpoint
 from generalist_trainer.trainer.cli import main
 from generalist_trainer.trainer.errors import CheckpointError, ConfigError
@@ -21,9 +24,6 @@ from generalist_trainer.trainer.eval.class_fold import FoldedLogits
 from generalist_trainer.trainer.evaluation import export_checkpoint
 from generalist_trainer.trainer.model_loading import eval_model_from_checkpoint
 from generalist_trainer.trainer.session import METADATA_KEY, saved_network_keys, session_from_checkpoint
-from torch import nn
-
-import generalist_trainer as gt
 from tests.core.idx_runs import idx_run_config, write_small_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[2]

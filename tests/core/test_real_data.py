@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+
 from generalist_trainer.trainer.config import load_config
 from generalist_trainer.trainer.evaluation import evaluate_checkpoint
 from generalist_trainer.trainer.training import train

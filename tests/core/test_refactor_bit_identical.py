@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from generalist_trainer.trainer.methods import build_method
 from generalist_trainer.trainer.models.small_cnn import SmallCNN
-
 from tests.engine.helpers import tiny_batch, tiny_config
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "data" / "checkpoints"

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from generalist_trainer.trainer.checkpoint import BEST, LAST, load_checkpoint
 from generalist_trainer.trainer.config import load_config
 from generalist_trainer.trainer.training import train

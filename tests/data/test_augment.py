@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from generalist_trainer.trainer.data import augmentation_defaults
 from generalist_trainer.trainer.data.augment import crop_and_flip, draw_crop_offsets, draw_flips
 from generalist_trainer.trainer.errors import ConfigError

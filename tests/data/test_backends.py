@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+
 from generalist_trainer.trainer.cli import build_parser, main
 from generalist_trainer.trainer.config import DataConfig, load_config
 from generalist_trainer.trainer.data import (

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from generalist_trainer.trainer.data import ArrayDataset, CpuLoader
 from generalist_trainer.trainer.errors import ConfigError
 

@@ -7,10 +7,11 @@ import torch
 
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install nvidia-dali-cuda130, "
                                           "the 'dali' extra)")
+from PIL import Image  # noqa: E402
+
 from generalist_trainer.trainer.data import ArrayDataset, CpuLoader, DaliFolderLoader, DaliLoader  # noqa: E402
 from generalist_trainer.trainer.data.dali_loader import image_folder_files  # noqa: E402
 from generalist_trainer.trainer.errors import ConfigError, DatasetError  # noqa: E402
-from PIL import Image  # noqa: E402
 
 
 def _dataset(count=50, side=8, channels=3):

@@ -1,12 +1,12 @@
 """ArrayDataset, dispatch from DataConfig to the readers, and where the errors point."""
 
-import generalist_trainer.trainer.data.dataset as dataset_module
 import numpy as np
 import pytest
+
+import generalist_trainer.trainer.data.dataset as dataset_module
 from generalist_trainer.trainer.config import DataConfig
 from generalist_trainer.trainer.data import ArrayDataset, first_n, load_dataset
 from generalist_trainer.trainer.errors import ConfigError, DatasetError
-
 from tests.data.file_formats import cifar_rows, write_idx_dataset, write_python3_batch, write_svhn
 
 

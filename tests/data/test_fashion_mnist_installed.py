@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from generalist_trainer.trainer.config import DataConfig
 from generalist_trainer.trainer.data import load_dataset
 from generalist_trainer.trainer.data.dataset import FASHION_MNIST_DIR

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from generalist_trainer.trainer.data import ArrayDataset, CpuLoader, GpuLoader
 from generalist_trainer.trainer.errors import ConfigError
 

@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from generalist_trainer.trainer.config import DataConfig
 from generalist_trainer.trainer.data import load_dataset, load_splits
 from generalist_trainer.trainer.errors import ConfigError

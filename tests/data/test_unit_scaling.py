@@ -1,9 +1,10 @@
 """uint8 -> [0, 1]: the gpu and torch loaders scale through a 256-entry table equal to the CPU's exact division."""
 
-import generalist_trainer.trainer.data.gpu_loader as gpu_loader
 import numpy as np
 import pytest
 import torch
+
+import generalist_trainer.trainer.data.gpu_loader as gpu_loader
 from generalist_trainer.trainer.data.dataset import ArrayDataset
 from generalist_trainer.trainer.data.gpu_loader import GpuLoader, bytes_to_unit, unit_table
 from generalist_trainer.trainer.data.torch_loader import TorchLoader

@@ -14,9 +14,10 @@ import sys
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
 from generalist_trainer.trainer.attacks import PGD, TradesKL
 from generalist_trainer.trainer.distributed import init_distributed, rank, world_size
-from torch import nn
 
 GLOBAL_BATCH = 8
 

@@ -10,9 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import generalist_trainer.trainer.session as session_module
 import pytest
 import torch
+
+import generalist_trainer.trainer.session as session_module
 from generalist_trainer.trainer.checkpoint import LAST, load_checkpoint
 from generalist_trainer.trainer.config import load_config
 from generalist_trainer.trainer.distributed import REPLICAS_FILE, state_digest

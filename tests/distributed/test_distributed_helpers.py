@@ -6,6 +6,8 @@ import copy
 import pytest
 import torch
 import torch.distributed as dist
+from torch import nn
+
 from generalist_trainer.trainer.config import load_config
 from generalist_trainer.trainer.distributed import (
     LaunchEnv,
@@ -22,7 +24,6 @@ from generalist_trainer.trainer.distributed import (
 from generalist_trainer.trainer.errors import ConfigError
 from generalist_trainer.trainer.runtime import resolve_device
 from generalist_trainer.trainer.session import open_session
-from torch import nn
 
 
 def test_launch_env_reads_and_checks_torchrun_variables(monkeypatch):

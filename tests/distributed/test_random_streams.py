@@ -3,8 +3,9 @@ on every rank, equal to one process), dropout masks per rank (tests/distributed/
 
 import pytest
 import torch
-from generalist_trainer.trainer.attacks import PGD, TradesKL
 from torch import nn
+
+from generalist_trainer.trainer.attacks import PGD, TradesKL
 
 from .test_ddp_gloo import torchrun
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import sys
 
-import generalist_trainer.trainer.session as session_module
 import torch
+from torch import nn
+
+import generalist_trainer.trainer.session as session_module
 from generalist_trainer.trainer.cli import main
 from generalist_trainer.trainer.distributed import (
     ReplicaDivergenceError,
@@ -23,7 +25,6 @@ from generalist_trainer.trainer.distributed import (
     rank,
 )
 from generalist_trainer.trainer.models import build_model
-from torch import nn
 
 
 def without_batchnorm(module: nn.Module) -> nn.Module:

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from torch import nn
+
 from generalist_trainer.trainer.attacks import eval_mode
 from generalist_trainer.trainer.eval.class_fold import (
     FoldedLogits,
@@ -11,7 +13,6 @@ from generalist_trainer.trainer.eval.class_fold import (
     fold_models,
     logsumexp_view,
 )
-from torch import nn
 
 
 def reference_prediction(row: list[float], num_classes: int) -> int:

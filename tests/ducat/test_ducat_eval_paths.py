@@ -9,6 +9,7 @@ AutoAttack, the training-time validation and `sweep` must all report that real a
 
 import pytest
 import torch
+
 from generalist_trainer.trainer.analysis.run_analysis import sweep_checkpoint
 from generalist_trainer.trainer.checkpoint import load_checkpoint, load_export, save_checkpoint
 from generalist_trainer.trainer.config import EvalConfig, load_config
@@ -16,7 +17,6 @@ from generalist_trainer.trainer.eval import autoattack_adapter, autoattack_resum
 from generalist_trainer.trainer.evaluation import evaluate_checkpoint, export_checkpoint
 from generalist_trainer.trainer.session import dataset_tensors, session_from_checkpoint
 from generalist_trainer.trainer.training import train, validate
-
 from tests.ducat.test_ducat_export import TINY
 
 C = 4

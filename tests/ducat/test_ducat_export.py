@@ -6,6 +6,8 @@ import json
 
 import pytest
 import torch
+from torch import nn
+
 from generalist_trainer.trainer.checkpoint import load_checkpoint, load_export
 from generalist_trainer.trainer.config import EvalConfig, load_config
 from generalist_trainer.trainer.errors import CheckpointError
@@ -14,7 +16,6 @@ from generalist_trainer.trainer.eval.class_fold import FoldedLogits
 from generalist_trainer.trainer.evaluation import evaluate_checkpoint, export_checkpoint
 from generalist_trainer.trainer.models import build_model
 from generalist_trainer.trainer.training import train
-from torch import nn
 
 TINY = [
     "data.dataset=synthetic", "data.synthetic_shape=[1, 12, 12]", "data.synthetic_train_size=96",

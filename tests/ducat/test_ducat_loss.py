@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
 from generalist_trainer.trainer.config import DucatConfig
 from generalist_trainer.trainer.objectives.ducat import (
     Ducat,
@@ -15,7 +17,6 @@ from generalist_trainer.trainer.objectives.ducat import (
 )
 from generalist_trainer.trainer.objectives.pgd_at import PGDAT
 from generalist_trainer.trainer.objectives.trades import TRADES
-from torch import nn
 
 C = 3
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from generalist_trainer.trainer.config import ModelConfig, load_config
 from generalist_trainer.trainer.errors import ConfigError
 from generalist_trainer.trainer.eval.class_fold import FoldedLogits

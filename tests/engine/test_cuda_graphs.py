@@ -4,6 +4,7 @@ fallback for a batch of another shape. The capture itself is verified only where
 
 import pytest
 import torch
+
 from generalist_trainer.trainer.attacks import PGD
 from generalist_trainer.trainer.config import load_config
 from generalist_trainer.trainer.engine.cuda_graphs import GraphedStep, GraphSafePGD

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+
 from generalist_trainer.bench import bench_end_to_end as e2e
 from generalist_trainer.bench.reference_loop import ReferenceGeneralist, pgd_with_backward
 from generalist_trainer.trainer.attacks import PGD

@@ -2,13 +2,13 @@
 the device, and one read at a boundary brings them over (issue 16). On the CPU a read costs nothing, so the test
 counts them (tests/engine/helpers.py HostReads): each would be a device sync on a GPU."""
 
-import generalist_trainer.trainer.training as training
 import pytest
 import torch
+
+import generalist_trainer.trainer.training as training
 from generalist_trainer.trainer.attacks import PGD
 from generalist_trainer.trainer.engine.step_metrics import StepAccumulator
 from generalist_trainer.trainer.guards import FiniteGuard
-
 from tests.reliability.runs import tiny_config as run_config
 
 from .helpers import HostReads, tiny_batch, tiny_method

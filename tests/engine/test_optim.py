@@ -7,6 +7,7 @@ import types
 
 import pytest
 import torch
+
 from generalist_trainer.trainer.config import OptimConfig, Schedule
 from generalist_trainer.trainer.errors import ConfigError, MissingDependencyError
 from generalist_trainer.trainer.optim import APEX_INSTALL, apex_fused_sgd, build_sgd, set_lr

@@ -3,11 +3,12 @@ state in checkpoints, fp32 attack gradients, and the attack's zero-gradient diag
 
 import pytest
 import torch
+from torch import nn
+
 from generalist_trainer.trainer.attacks import PGD
 from generalist_trainer.trainer.engine.precision import LossScaler, Precision, autocast
 from generalist_trainer.trainer.engine.step_metrics import StepAccumulator, host_values
 from generalist_trainer.trainer.guards import FiniteGuard
-from torch import nn
 
 from .helpers import tiny_batch, tiny_method
 

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+
 from generalist_trainer.trainer import cli
 from generalist_trainer.trainer.config import load_config
 from generalist_trainer.trainer.engine import PHASES

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from generalist_trainer.trainer.config import load_config
 from generalist_trainer.trainer.engine import settings as settings_module
 from generalist_trainer.trainer.engine.settings import resolve_engine

@@ -4,9 +4,10 @@ random numbers do not depend on the order. Real overlap on two CUDA streams is c
 
 import contextlib
 
-import generalist_trainer.trainer.methods.generalist as generalist_module
 import pytest
 import torch
+
+import generalist_trainer.trainer.methods.generalist as generalist_module
 from generalist_trainer.trainer.engine.streams import ExpertStreams, independent_rng
 
 from .helpers import (

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from generalist_trainer.trainer.eval import autoattack_adapter, autoattack_resumable
 from torch import nn
+
+from generalist_trainer.trainer.eval import autoattack_adapter, autoattack_resumable
 
 EPS = 0.05
 BATCH = 4

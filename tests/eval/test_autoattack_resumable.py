@@ -14,7 +14,6 @@ from generalist_trainer.trainer.errors import CheckpointError  # noqa: E402
 from generalist_trainer.trainer.eval import autoattack_adapter, autoattack_resumable  # noqa: E402
 from generalist_trainer.trainer.eval.autoattack_adapter import run_autoattack  # noqa: E402
 from generalist_trainer.trainer.eval.autoattack_resumable import autoattack_robust  # noqa: E402
-
 from tests.eval.aa_shard_worker import EPS, SETTINGS, shorten, tiny_problem  # noqa: E402
 
 BATCH = SETTINGS["batch_size"]

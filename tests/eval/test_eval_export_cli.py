@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from generalist_trainer.trainer.cli import main
 from generalist_trainer.trainer.evaluation import evaluate_checkpoint, export_checkpoint
 from generalist_trainer.trainer.training import train
-
 from tests.core.idx_runs import idx_run_config, write_small_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,7 +16,6 @@ from generalist_trainer.trainer.eval import autoattack_adapter, autoattack_resum
 from generalist_trainer.trainer.eval.autoattack_resumable import autoattack_robust  # noqa: E402
 from generalist_trainer.trainer.eval.progress import EvalProgress  # noqa: E402
 from generalist_trainer.trainer.eval.robustness import evaluate_model  # noqa: E402
-
 from tests.eval.aa_shard_worker import EPS, SETTINGS, shorten, tiny_problem  # noqa: E402
 
 BATCH = SETTINGS["batch_size"]

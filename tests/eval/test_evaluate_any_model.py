@@ -8,14 +8,14 @@ import json
 
 import pytest
 import torch
+from torch import nn
+
+import generalist_trainer as gt
 from generalist_trainer.trainer.config import AttackConfig, EvalConfig
 from generalist_trainer.trainer.errors import ConfigError
 from generalist_trainer.trainer.eval import autoattack_resumable
 from generalist_trainer.trainer.eval.autoattack_adapter import run_autoattack
 from generalist_trainer.trainer.eval.robustness import evaluate_model
-from torch import nn
-
-import generalist_trainer as gt
 from tests.distributed.test_ddp_gloo import torchrun
 from tests.eval.aa_shard_worker import EPS, tiny_problem
 from tests.eval.evaluate_any_worker import SETTINGS

@@ -7,6 +7,8 @@ import copy
 
 import pytest
 import torch
+from torch import nn
+
 from generalist_trainer.trainer.config import AttackConfig, EvalConfig
 from generalist_trainer.trainer.eval import robustness
 from generalist_trainer.trainer.eval.autoattack_resumable import AutoAttackResult
@@ -19,8 +21,6 @@ from generalist_trainer.trainer.eval.robustness import (
     weights_fingerprint,
 )
 from generalist_trainer.trainer.evaluation import evaluate_across_ranks, results_table
-from torch import nn
-
 from tests.eval.aa_shard_worker import EPS, tiny_problem
 
 CFG = EvalConfig(num_points=20, eps=EPS, attacks=("clean", "pgd", "cw"), pgd_steps=2, cw_steps=2)

@@ -6,6 +6,7 @@ TRITON_INTERPRET=1), so sizes stay in the thousands of elements.
 
 import pytest
 import torch
+
 from generalist_trainer.kernels import dispatch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -311,6 +311,7 @@ def run(jobs: int) -> dict:
     """Collect, compile (in `jobs` processes) and describe every variant; the JSON report as a dict."""
     import torch
     import triton
+
     from generalist_trainer.kernels import dispatch
 
     if dispatch.TRITON_INTERPRETED:

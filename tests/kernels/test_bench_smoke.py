@@ -3,6 +3,7 @@
 import json
 
 import torch
+
 from generalist_trainer.bench import bench_averaging, bench_pgd_step, common
 
 

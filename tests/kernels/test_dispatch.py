@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from generalist_trainer.kernels import (
     KernelUnavailableError,
     cuda_native,
@@ -10,7 +11,6 @@ from generalist_trainer.kernels import (
     resolve_policy,
     set_default_policy,
 )
-
 from tests.kernels.conftest import DEVICE, triton_runs_here
 
 

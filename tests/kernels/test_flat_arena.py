@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import torch
-from generalist_trainer.kernels import FlatArena, generalist_average_
 from torch import nn
 
+from generalist_trainer.kernels import FlatArena, generalist_average_
 from tests.kernels.conftest import DEVICE
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+
 from generalist_trainer.kernels import KernelUnavailableError, pgd_linf_step_
 from generalist_trainer.kernels.pgd_step import pgd_linf_step_reference
-
 from tests.kernels.conftest import DEVICE, STORE_TOL, X_DTYPES, assert_close
 
 # (shape, memory format): odd sizes that exercise masking, one spanning two 4096-element programs.

@@ -6,10 +6,11 @@ import copy
 
 import pytest
 import torch
+from torch import nn
+
 from generalist_trainer.trainer.config import ModelConfig
 from generalist_trainer.trainer.errors import ConfigError
 from generalist_trainer.trainer.models import Normalize, build_model
-from torch import nn
 
 # (arch config, in_channels, image size, expected dropout modules when dropout > 0)
 CASES = {

@@ -1,6 +1,6 @@
 import pytest
-from generalist_trainer.trainer.checkpoint import LAST, load_checkpoint
 
+from generalist_trainer.trainer.checkpoint import LAST, load_checkpoint
 from tests.reliability.runs import STEPS, run_train
 
 

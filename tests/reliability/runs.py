@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from generalist_trainer.trainer.checkpoint import CRASH_ENV_VAR, load_checkpoint
 from generalist_trainer.trainer.config import RunConfig, load_config
 

@@ -5,6 +5,9 @@ import os
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from generalist_trainer.trainer.checkpoint import (
     LAST,
     load_checkpoint,
@@ -16,9 +19,6 @@ from generalist_trainer.trainer.checkpoint import (
 )
 from generalist_trainer.trainer.errors import CheckpointError
 from generalist_trainer.trainer.training import train
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from tests.reliability.runs import assert_same_state, tiny_config
 
 

@@ -14,15 +14,15 @@ import subprocess
 import sys
 import time
 
-import generalist_trainer.trainer.training as training
 import pytest
 import torch
+
+import generalist_trainer.trainer.training as training
 from generalist_trainer.trainer.checkpoint import BEST, LAST, load_checkpoint, previous_version, save_checkpoint
 from generalist_trainer.trainer.cli import main
 from generalist_trainer.trainer.config import load_config
 from generalist_trainer.trainer.errors import CheckpointError, ConfigError
 from generalist_trainer.trainer.run_lock import LOCK_FILE
-
 from tests.reliability.disk_full import fill_disk_on
 from tests.reliability.runs import REPO_ROOT, STEPS, TINY, assert_same_state, run_train, subprocess_env, train_command
 

@@ -10,6 +10,7 @@ import signal
 
 import pytest
 import torch
+
 from generalist_trainer.trainer.checkpoint import (
     CRASH_ENV_VAR,
     CRASH_POINTS,

@@ -4,9 +4,11 @@ import csv
 import json
 import math
 
-import generalist_trainer.trainer.training as training
 import pytest
 import torch
+from torch import nn
+
+import generalist_trainer.trainer.training as training
 from generalist_trainer.trainer.checkpoint import BEST, LAST, load_checkpoint
 from generalist_trainer.trainer.cli import main
 from generalist_trainer.trainer.engine.step_metrics import (
@@ -18,8 +20,6 @@ from generalist_trainer.trainer.engine.step_metrics import (
 )
 from generalist_trainer.trainer.errors import TrainerError
 from generalist_trainer.trainer.guards import FiniteGuard, NonFiniteError, first_non_finite
-from torch import nn
-
 from tests.reliability.runs import STEPS, tiny_config
 
 # No redistribution in epoch 1 (sync only from epoch 2): a poisoned G stays in G.

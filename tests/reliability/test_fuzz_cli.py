@@ -15,15 +15,15 @@ import os
 import subprocess
 import sys
 
-import generalist_trainer.trainer.evaluation as evaluation
-import generalist_trainer.trainer.training as training
 import pytest
 import yaml
-from generalist_trainer.trainer.cli import main
-from generalist_trainer.trainer.config import EvalConfig, RunConfig, to_dict, validate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import generalist_trainer.trainer.evaluation as evaluation
+import generalist_trainer.trainer.training as training
+from generalist_trainer.trainer.cli import main
+from generalist_trainer.trainer.config import EvalConfig, RunConfig, to_dict, validate
 from tests.reliability.runs import REPO_ROOT, TINY, subprocess_env
 
 FUZZ = settings(max_examples=150, deadline=None, database=None,

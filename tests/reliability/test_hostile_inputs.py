@@ -8,13 +8,13 @@ on a CLI resume (tests/core/test_checkpoint_resume.py, test_cli.py).
 
 import dataclasses
 
-import generalist_trainer.trainer.training as training
 import numpy as np
 import pytest
+
+import generalist_trainer.trainer.training as training
 from generalist_trainer.trainer.cli import main
 from generalist_trainer.trainer.config import load_config
 from generalist_trainer.trainer.errors import CheckpointError, ConfigError, DatasetError
-
 from tests.data.file_formats import write_idx_dataset
 from tests.reliability.runs import TINY, tiny_config
 

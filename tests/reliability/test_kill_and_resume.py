@@ -9,7 +9,6 @@ before the rename, after the rename but before the folder fsync, and while writi
 import os
 
 from generalist_trainer.trainer.checkpoint import BEST, LAST, load_checkpoint, previous_version
-
 from tests.reliability.runs import STEPS, assert_logged_once, assert_same_state, run_train
 
 SIGKILLED = -9

@@ -10,7 +10,6 @@ import subprocess
 import time
 
 from generalist_trainer.trainer.checkpoint import BEST, LAST, load_checkpoint
-
 from tests.reliability.runs import (
     REPO_ROOT,
     STEPS,

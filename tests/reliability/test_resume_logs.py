@@ -6,6 +6,7 @@ import os
 import signal
 
 import pytest
+
 from generalist_trainer.trainer.metrics import MetricsLogger
 
 
@@ -86,7 +87,6 @@ def test_a_kill_while_the_resume_trims_the_logs_loses_no_kept_row(tmp_path, monk
 def test_a_fresh_run_starts_its_logs_afresh(tmp_path):
     """A run killed before its first checkpoint is started again from scratch: its logs must not be continued."""
     import generalist_trainer.trainer.training as training
-
     from tests.reliability.runs import tiny_config
 
     _logged(tmp_path)

@@ -15,13 +15,13 @@ import subprocess
 import sys
 import time
 
-import generalist_trainer.trainer.run_lock as run_lock
 import pytest
 import yaml
+
+import generalist_trainer.trainer.run_lock as run_lock
 from generalist_trainer.trainer.checkpoint import LAST
 from generalist_trainer.trainer.errors import RunFolderInUse
 from generalist_trainer.trainer.run_lock import LOCK_FILE, acquire_run_folder
-
 from tests.reliability.runs import (
     REPO_ROOT,
     TINY,

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from generalist_trainer.trainer.errors import ConfigError
 from generalist_trainer.trainer.study import StudyRunner, load_plan
 
@@ -255,10 +256,10 @@ def test_same_as_must_name_an_earlier_last_evaluation_with_the_same_overrides(tm
 
 def test_same_networks_compares_checkpoints_exactly(tmp_path):
     import torch
+
     from generalist_trainer.trainer.checkpoint import load_checkpoint, save_checkpoint
     from generalist_trainer.trainer.study.runner import same_networks
     from generalist_trainer.trainer.training import train
-
     from tests.core.test_checkpoint_resume import tiny_config
 
     result = train(tiny_config(tmp_path, "train.epochs=1"))

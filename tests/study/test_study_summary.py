@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from generalist_trainer.trainer.study.plan import Column, StudyPlan, SummarySpec
 from generalist_trainer.trainer.study.summary import markdown, paired_difference, spread, summarise
 
