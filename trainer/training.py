@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import time
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 import torch
@@ -284,15 +285,18 @@ def _train(cfg: RunConfig, resume: bool, run_dir: Path, rank0: bool, progress: _
         t0 = time.perf_counter()
         bar = tqdm(total=len(loader), initial=first, desc=f"epoch {ep}/{tcfg.epochs}", leave=False,
                    disable=not (tcfg.progress and rank0), dynamic_ncols=True)
-        for b, (x, y) in enumerate(loader.batches(ep, start=first), start=first):
+        # The rows' dataset indices only for an objective with per-sample state (IAT); None for every other method.
+        indices = loader.batch_indices(ep, start=first) if method.needs_sample_index else repeat(None)
+        for b, ((x, y), index) in enumerate(zip(loader.batches(ep, start=first), indices), start=first):
             x = x.to(session.device, non_blocking=True)
             y = y.to(session.device, non_blocking=True)
+            index = None if index is None else index.to(session.device, non_blocking=True)
             if is_distributed() and len(x):
                 # This rank's rows of the global batch: the attacks' random starts follow each row's global index.
                 global_rows = min(cfg.data.batch_size, len(session.splits.train) - b * cfg.data.batch_size)
                 method.set_sample_window(dist_rank() * (cfg.data.batch_size // world_size()), global_rows)
             # No host read inside the step: the metrics stay on the device until a boundary reads them.
-            steps.add(method.device_step(x, y), method.global_step)
+            steps.add(method.device_step(x, y, index), method.global_step)
             guard.after_step(steps, step=method.global_step, networks=method.networks())
             bar.update(1)
             if replica_check_every and method.global_step % replica_check_every == 0:
