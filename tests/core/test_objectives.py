@@ -1,5 +1,5 @@
 """Robust objectives as parts (issue 14): one step of every registered objective, alone and as Generalist's robust
-expert; MART and FAT against direct formulas; the registries as the only lists of names."""
+expert; MART and FAT against direct formulas (IAT: tests/core/test_iat.py); the registries as the only name lists."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ OBJECTIVE_NAMES = OBJECTIVES.names()
 
 
 def test_the_seed_baselines_are_registered():
-    assert {"pgd_at", "trades", "rst", "mart", "fat"} <= set(OBJECTIVE_NAMES)
+    assert {"pgd_at", "trades", "rst", "mart", "fat", "iat"} <= set(OBJECTIVE_NAMES)
 
 
 @pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
@@ -36,7 +36,11 @@ def test_one_step_of_each_objective(objective, single_network):
     assert method.name == (objective if single_network else "generalist")
     method.start_epoch(1)
     before = {k: [p.detach().clone() for p in method.networks()[k].parameters()] for k in trained}
-    metrics = method.train_step(*tiny_batch())
+    index = None
+    if method.needs_sample_index:  # IAT keeps per-sample state: the batch's dataset indices
+        method.set_training_size(8)
+        index = torch.arange(8)
+    metrics = method.train_step(*tiny_batch(), index)
     assert metrics and all(math.isfinite(v) for v in metrics.values())
     for key in trained:
         after = list(method.networks()[key].parameters())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from trainer.config import RunConfig
 from trainer.errors import ConfigError
-from trainer.objectives import fat, mart, pgd_at, rst, trades  # noqa: F401  (registration)
+from trainer.objectives import fat, iat, mart, pgd_at, rst, trades  # noqa: F401  (registration)
 from trainer.objectives.base import CleanObjective, Objective
 from trainer.objectives.ducat import Ducat, DucatNatural
 from trainer.registry import OBJECTIVES
