@@ -1,6 +1,7 @@
 """IAT (instance-adaptive adversarial training, trainer/objectives/iat.py): its per-sample eps update and loss against
 a hand-written loop on a 2-layer net; one step single-network and as Generalist's robust expert; the loaders'
-batch indices; kill-and-resume bit-exact with the eps table; config and torchrun refusals; no host read in a step."""
+batch indices; kill-and-resume bit-exact with the eps table; config errors; no host read in a step (torchrun:
+tests/distributed/test_iat_ddp.py)."""
 
 from __future__ import annotations
 
@@ -265,11 +266,3 @@ def test_iat_refuses_ducat():
         tiny_config("method.ducat.enabled=true", method="iat")
     with pytest.raises(ConfigError, match=r"method\.ducat\.enabled"):
         tiny_config("method.ducat.enabled=true", "method.generalist.robust_objective=iat")
-
-
-@pytest.mark.parametrize("method", ["iat", "generalist"])
-def test_iat_refuses_data_parallel_training(method):
-    m = tiny_method("method.generalist.robust_objective=iat", method=method)
-    with pytest.raises(ConfigError, match="torchrun"):
-        m.enable_data_parallel()
-    assert not m.data_parallel

@@ -13,7 +13,6 @@ from trainer.distributed import average_buffers_, data_parallel, rank, world_siz
 from trainer.engine import Engine, LossScaler, phase
 from trainer.engine.step_metrics import StepMetrics, for_network, host_values, loss_metric, mean_metric, skipped_metric
 from trainer.engine.streams import RankRandomForward
-from trainer.errors import ConfigError
 from trainer.objectives.base import batch_accuracy, cross_entropy  # noqa: F401  (re-exported for the methods)
 from trainer.optim import set_lr
 
@@ -95,14 +94,6 @@ class Method(ABC):
         objective = getattr(self, "objective", None)
         return bool(getattr(objective, "needs_sample_index", False))
 
-    def check_data_parallel(self) -> None:
-        """Refuse torchrun for an objective with per-sample state: each rank sees only its slice of every batch, so
-        the ranks' tables would drift apart (IAT)."""
-        if self.needs_sample_index:
-            raise ConfigError(f"objective {self.objective.name!r} (method.name or method.generalist.robust_objective): "
-                              f"not supported under torchrun (world size {world_size()}), each rank would update its "
-                              f"own per-sample state from its slice of the batch; train it in one process")
-
     def set_training_size(self, num_samples: int) -> None:
         """The training set's size (dataset indices 0 .. num_samples - 1), for per-sample state."""
         objective = getattr(self, "objective", None)
@@ -174,7 +165,6 @@ class SingleNetworkMethod(Method):
         self.graphed_step = self.engine.graphed(self._step, [self.optimizer])
 
     def enable_data_parallel(self) -> None:
-        self.check_data_parallel()
         self.train_model = self.data_parallel_forward(self.model, "model")
         self.data_parallel = True
 

@@ -130,7 +130,6 @@ class Generalist(Method):
     def enable_data_parallel(self) -> None:
         """Only the two experts learn by gradient; S_R, S_N and G follow from them by the same arithmetic
         on every rank, so they need no wrapper to stay identical."""
-        self.check_data_parallel()
         self.robust_train = self.data_parallel_forward(self.robust, "robust")
         self.natural_train = self.data_parallel_forward(self.natural, "natural")
         self.data_parallel = True

@@ -21,8 +21,10 @@ Where we depart, our choices:
   also move with these forwards.
 - `method.iat.max_eps` optionally caps eps_i (the authors' code has no upper bound; null keeps none).
 - The table starts at 0 and lives on the training device; it is saved with every checkpoint (exact resume).
-- Not supported: DUCAT (the robustness checks would need the folded prediction of the 2C head), CUDA graphs
-  (indexing a table by the batch's indices), and torchrun (each rank would update its own table from its slice).
+- Under torchrun each rank updates its slice's rows and all ranks exchange them every step (one all-gather of
+  the batch's indices and eps), so the tables stay identical; the random starts follow the global batch's rows.
+- Not supported: DUCAT (the robustness checks would need the folded prediction of the 2C head) and CUDA graphs
+  (indexing a table by the batch's indices).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from torch import nn
 from trainer.attacks.base import eval_mode
 from trainer.attacks.per_sample_pgd import PerSamplePGD
 from trainer.config import IatConfig
+from trainer.distributed import all_gather_rows
 from trainer.engine import phase
 from trainer.engine.step_metrics import StepMetrics, mean_metric
 from trainer.errors import CheckpointError
@@ -110,7 +113,9 @@ class IAT(Objective):
             raise ValueError("objective 'iat': the eps table is not sized; call set_training_size(N) first")
         with phase("attack"):
             eps = self.updated_eps(attack_model, x, y, index)
-            self.eps_table[index] = eps
+            # Under torchrun every rank writes every rank's rows, so the tables stay identical (training drops
+            # partial batches: each rank holds B / W rows). In one process this is table[index] = eps.
+            self.eps_table[all_gather_rows(index)] = all_gather_rows(eps)
             self.last_eps = eps
             return self.attack(attack_model, x, y, eps=eps, step=self.step_sizes(eps))
 
