@@ -172,8 +172,12 @@ class MartConfig:
 class FatConfig:
     """Friendly AT (Zhang et al., ICML 2020; trainer/objectives/fat.py): early-stopped PGD."""
 
-    # Steps each sample continues after it is first misclassified (the paper sweeps 0-3; 3 is closest to PGD-AT).
-    tau: int = 3
+    # Steps each sample continues after it is first misclassified. Defaults: the authors' FAT.py
+    # (github.com/zjfheart/Friendly-Adversarial-Training, CIFAR-10, 120 epochs): --tau 0 with --dynamictau on, i.e.
+    # tau 0 for epochs 1-50, 1 for 51-90, 2 for 91-120. dynamic_tau adds 1 past 50/120 and 2 past 90/120 of the run
+    # to tau (the authors' flag replaces their tau by 0, 1, 2: the same at tau 0); false keeps tau all run.
+    tau: int = 0
+    dynamic_tau: bool = True
 
 
 @dataclass(frozen=True)

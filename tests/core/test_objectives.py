@@ -137,8 +137,23 @@ def test_fat_with_a_large_tau_is_pgd():
     torch.testing.assert_close(early, PGD(0.3, 0.05, 10, random_start=False)(net, x, y), rtol=0, atol=0)
 
 
+def test_fat_tau_follows_the_authors_dynamic_schedule():
+    from trainer.objectives.fat import scheduled_tau
+
+    # FAT.py (zjfheart/Friendly-Adversarial-Training): epoch <= 50 -> 0, <= 90 -> 1, else 2, of 120 epochs.
+    assert [scheduled_tau(e, 120, 0, True) for e in (1, 50, 51, 90, 91, 120)] == [0, 0, 1, 1, 2, 2]
+    assert [scheduled_tau(e, 3, 0, True) for e in (1, 2, 3)] == [0, 1, 2]
+    assert [scheduled_tau(e, 120, 3, False) for e in (1, 60, 120)] == [3, 3, 3]
+    method = tiny_method(method="fat")  # defaults: tau 0, dynamic, over the 8 epochs of the tiny config
+    taus = [method.start_epoch(e)["fat_tau"] for e in range(1, 9)]
+    assert taus == [0, 0, 0, 1, 1, 1, 2, 2] and method.objective.attack.tau == 2  # past 8 * 50/120, 8 * 90/120
+    fixed = tiny_method("method.fat.tau=3", "method.fat.dynamic_tau=false", method="fat")
+    assert {fixed.start_epoch(e)["fat_tau"] for e in range(1, 9)} == {3}
+
+
 @pytest.mark.parametrize("override, field_name", [("method.mart.beta=-1", "method.mart.beta"),
-                                                  ("method.fat.tau=-2", "method.fat.tau")])
+                                                  ("method.fat.tau=-2", "method.fat.tau"),
+                                                  ("method.fat.dynamic_tau=maybe", "method.fat.dynamic_tau")])
 def test_bad_objective_settings_name_their_field(override, field_name):
     with pytest.raises(ConfigError, match=field_name.replace(".", r"\.")):
         tiny_config(override)
