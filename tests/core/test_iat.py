@@ -266,3 +266,18 @@ def test_iat_refuses_ducat():
         tiny_config("method.ducat.enabled=true", method="iat")
     with pytest.raises(ConfigError, match=r"method\.ducat\.enabled"):
         tiny_config("method.ducat.enabled=true", "method.generalist.robust_objective=iat")
+
+
+def test_profile_runs_iat_steps_with_their_indices(tmp_path):
+    from trainer.engine.profiling import profile_training
+
+    overrides = ["data.dataset=synthetic", "data.synthetic_shape=[1, 12, 12]", "data.synthetic_train_size=48",
+                 "data.synthetic_test_size=16", "data.val_size=0", "data.batch_size=8", "model.arch=small_cnn",
+                 "method.name=iat", "method.iat.warmup_epochs=0", "attack.steps=2", "train.device=cpu",
+                 "train.threads=0"]
+    threads = torch.get_num_threads()
+    try:
+        result = profile_training(load_config(None, overrides), steps=1, warmup=1, out=tmp_path / "t.json", top_k=3)
+    finally:
+        torch.set_num_threads(threads)
+    assert result["steps"] == 1 and result["phases_ms"]["attack"] > 0
