@@ -20,11 +20,12 @@ Where we depart, our choices:
   BatchNorm statistics untouched); the authors' code runs them in train mode, so its BatchNorm running statistics
   also move with these forwards.
 - `method.iat.max_eps` optionally caps eps_i (the authors' code has no upper bound; null keeps none).
+- With attack.norm l2 the same rule and step rule apply to the L2 radius (ours; the authors' configs are L-inf).
 - The table starts at 0 and lives on the training device; it is saved with every checkpoint (exact resume).
 - Under torchrun each rank updates its slice's rows and all ranks exchange them every step (one all-gather of
   the batch's indices and eps), so the tables stay identical; the random starts follow the global batch's rows.
-- Not supported: DUCAT (the robustness checks would need the folded prediction of the 2C head) and CUDA graphs
-  (indexing a table by the batch's indices).
+- Not supported (flagged, the config refuses them): DUCAT (the robustness checks would need the folded prediction
+  of the 2C head) and CUDA graphs (the captured step takes no index).
 """
 
 from __future__ import annotations
