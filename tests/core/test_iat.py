@@ -261,11 +261,16 @@ def test_bad_iat_settings_name_their_field(override, field_name):
     assert "\n" not in str(err.value)
 
 
-def test_iat_refuses_ducat():
+def test_iat_refuses_ducat_and_cuda_graphs():
     with pytest.raises(ConfigError, match=r"method\.ducat\.enabled"):
         tiny_config("method.ducat.enabled=true", method="iat")
     with pytest.raises(ConfigError, match=r"method\.ducat\.enabled"):
         tiny_config("method.ducat.enabled=true", "method.generalist.robust_objective=iat")
+    graphs = ["engine.cuda_graphs=true", "train.device=cuda"]  # validated without a GPU
+    with pytest.raises(ConfigError, match=r"engine\.cuda_graphs.*'iat'"):
+        tiny_config(*graphs, method="iat")
+    with pytest.raises(ConfigError, match=r"engine\.cuda_graphs.*'iat'"):
+        tiny_config(*graphs, "method.generalist.robust_objective=iat")
 
 
 def test_profile_runs_iat_steps_with_their_indices(tmp_path):
