@@ -1,6 +1,6 @@
 """Run the table scripts (scripts/fmnist_table.sh, scripts/ducat_table.sh) with a stand-in interpreter.
 
-The stand-in records every `python -m trainer ...` call, marks trainings DONE and writes the evaluation JSON
+The stand-in records every `python -m generalist_trainer ...` call, marks trainings DONE and writes the evaluation JSON
 it is given; anything else (the table printers) runs on the real interpreter.
 """
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.analysis.sanity import SanityFinding, model_checks, result_checks, warn_findings
-from trainer.checkpoint import (
+from .analysis.sanity import SanityFinding, model_checks, result_checks, warn_findings
+from .checkpoint import (
     atomic_write,
     check_output_file,
     check_output_folder,
@@ -20,18 +20,18 @@ from trainer.checkpoint import (
     load_export,
     resolve_checkpoint,
 )
-from trainer.config import AttackConfig, DataConfig, EvalConfig, RunConfig, to_dict, validate
-from trainer.data import ArrayDataset, load_dataset
-from trainer.distributed import init_distributed, is_distributed, is_rank0, world_size
-from trainer.errors import CheckpointError, ConfigError
-from trainer.eval import evaluate_models
-from trainer.eval.progress import EvalProgress
-from trainer.eval.robustness import SAME_WEIGHTS, autoattack_state_files
-from trainer.eval.sharded import evaluate_across_ranks
-from trainer.metrics import format_percent, table
-from trainer.model_loading import eval_model_from_checkpoint
-from trainer.runtime import resolve_device
-from trainer.session import checkpoint_metadata, dataset_tensors, session_from_checkpoint
+from .config import AttackConfig, DataConfig, EvalConfig, RunConfig, to_dict, validate
+from .data import ArrayDataset, load_dataset
+from .distributed import init_distributed, is_distributed, is_rank0, world_size
+from .errors import CheckpointError, ConfigError
+from .eval import evaluate_models
+from .eval.progress import EvalProgress
+from .eval.robustness import SAME_WEIGHTS, autoattack_state_files
+from .eval.sharded import evaluate_across_ranks
+from .metrics import format_percent, table
+from .model_loading import eval_model_from_checkpoint
+from .runtime import resolve_device
+from .session import checkpoint_metadata, dataset_tensors, session_from_checkpoint
 
 # What `evaluate_checkpoint` can attack: the test set, or the run's own training images (without augmentation),
 # for the generalisation gaps of spec/lipschitz.md.
@@ -101,7 +101,8 @@ def evaluate_export(export_dir: str | Path, *, eval_cfg: EvalConfig | None = Non
     """
     folder = Path(export_dir)
     if not folder.is_dir():
-        raise CheckpointError(f"export folder {folder}: not found (expected the folder `python -m trainer export` "
+        raise CheckpointError(f"export folder {folder}: not found (expected the folder "
+                              "`python -m generalist_trainer export` "
                               "wrote: model.safetensors and config.json)")
     model = load_export(folder)  # names a missing or broken file
     meta = json.loads((folder / "config.json").read_text())

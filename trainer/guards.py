@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.engine.step_metrics import Snapshot, StepAccumulator
-from trainer.errors import TrainerError
+from .engine.step_metrics import Snapshot, StepAccumulator
+from .errors import TrainerError
 
 # The name of the parameter check in the StepAccumulator's records.
 PARAMETER_CHECK = "parameters"

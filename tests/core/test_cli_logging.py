@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import logging
 
-from trainer.checkpoint import LAST, previous_version
-from trainer.cli import main
-from trainer.data import build_train_loader, load_splits
+from generalist_trainer.trainer.checkpoint import LAST, previous_version
+from generalist_trainer.trainer.cli import main
+from generalist_trainer.trainer.data import build_train_loader, load_splits
 
 from .test_checkpoint_resume import TINY, tiny_config
 
 
 def test_the_cli_shows_library_log_lines_and_restores_the_logger(tmp_path, capsys):
-    logger = logging.getLogger("trainer")
+    logger = logging.getLogger("generalist_trainer")
     before = (logger.level, list(logger.handlers))
     run = tmp_path / "run"
     assert main(["train", "--no-eval", *TINY, f"train.out_dir={run}", "train.max_steps=2",
@@ -31,7 +31,7 @@ def test_the_cli_shows_library_log_lines_and_restores_the_logger(tmp_path, capsy
 def test_the_library_alone_prints_none_of_its_info_lines(tmp_path, capsys, caplog):
     cfg = tiny_config(tmp_path)
     splits = load_splits(cfg.data, cfg.train.seed)
-    with caplog.at_level(logging.INFO, logger="trainer"):
+    with caplog.at_level(logging.INFO, logger="generalist_trainer"):
         build_train_loader(cfg.data, splits.train, device="cpu", seed=0, padding=0, flip=False)
     assert "data backend: cpu" in caplog.text  # a record for whoever configures logging
     assert "data backend" not in capsys.readouterr().out

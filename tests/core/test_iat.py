@@ -14,15 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from generalist_trainer.trainer.attacks import PerSamplePGD
+from generalist_trainer.trainer.checkpoint import LAST, load_checkpoint
+from generalist_trainer.trainer.config import DataConfig, IatConfig, load_config
+from generalist_trainer.trainer.data import ArrayDataset, build_train_loader
+from generalist_trainer.trainer.data.dali_loader import dali_available
+from generalist_trainer.trainer.errors import ConfigError
+from generalist_trainer.trainer.objectives.iat import IAT
+from generalist_trainer.trainer.training import train
 from tests.engine.helpers import HostReads, tiny_batch, tiny_config, tiny_method
-from trainer.attacks import PerSamplePGD
-from trainer.checkpoint import LAST, load_checkpoint
-from trainer.config import DataConfig, IatConfig, load_config
-from trainer.data import ArrayDataset, build_train_loader
-from trainer.data.dali_loader import dali_available
-from trainer.errors import ConfigError
-from trainer.objectives.iat import IAT
-from trainer.training import train
 
 # ---------------------------------------------------------------------------------------------
 # The update rule and the loss against a direct loop
@@ -274,7 +274,7 @@ def test_iat_refuses_ducat_and_cuda_graphs():
 
 
 def test_profile_runs_iat_steps_with_their_indices(tmp_path):
-    from trainer.engine.profiling import profile_training
+    from generalist_trainer.trainer.engine.profiling import profile_training
 
     overrides = ["data.dataset=synthetic", "data.synthetic_shape=[1, 12, 12]", "data.synthetic_train_size=48",
                  "data.synthetic_test_size=16", "data.val_size=0", "data.batch_size=8", "model.arch=small_cnn",

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from generalist_trainer.trainer.attacks import EarlyStopPGD
+from generalist_trainer.trainer.errors import ConfigError
+from generalist_trainer.trainer.methods import build_method
+from generalist_trainer.trainer.objectives.mart import MART
+from generalist_trainer.trainer.registry import MODELS, OBJECTIVES, load_registrations
 from tests.engine.helpers import tiny_batch, tiny_config, tiny_method
-from trainer.attacks import EarlyStopPGD
-from trainer.errors import ConfigError
-from trainer.methods import build_method
-from trainer.objectives.mart import MART
-from trainer.registry import MODELS, OBJECTIVES, load_registrations
 
 load_registrations()
 OBJECTIVE_NAMES = OBJECTIVES.names()
@@ -128,7 +128,7 @@ def test_fat_attack_stops_each_sample_tau_steps_past_the_boundary(tau):
 
 
 def test_fat_with_a_large_tau_is_pgd():
-    from trainer.attacks import PGD
+    from generalist_trainer.trainer.attacks import PGD
 
     net = _linear()
     gen = torch.Generator().manual_seed(3)
@@ -138,7 +138,7 @@ def test_fat_with_a_large_tau_is_pgd():
 
 
 def test_fat_tau_follows_the_authors_dynamic_schedule():
-    from trainer.objectives.fat import scheduled_tau
+    from generalist_trainer.trainer.objectives.fat import scheduled_tau
 
     # FAT.py (zjfheart/Friendly-Adversarial-Training): epoch <= 50 -> 0, <= 90 -> 1, else 2, of 120 epochs.
     assert [scheduled_tau(e, 120, 0, True) for e in (1, 50, 51, 90, 91, 120)] == [0, 0, 1, 1, 2, 2]
@@ -185,7 +185,7 @@ def registered_model():
 
 
 def test_a_model_registered_in_a_test_file_is_accepted_and_trains(registered_model):
-    from trainer.models import build_model
+    from generalist_trainer.trainer.models import build_model
 
     with pytest.raises(ConfigError, match="model.arch"):
         tiny_config("model.arch=test_two_layer_unregistered")

@@ -1,4 +1,5 @@
-"""The Python API (`import trainer`): load_config, load_model from a run whose data folder was deleted (checkpoints
+"""The Python API (`import generalist_trainer`): load_config, load_model from a run whose data folder was deleted
+(checkpoints
 carry the model's metadata), old checkpoints without it, export without the data, and the lazy package root."""
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ import pytest
 import torch
 from torch import nn
 
-import trainer
+import generalist_trainer as gt
+from generalist_trainer.trainer.checkpoint import load_checkpoint, save_checkpoint
+from generalist_trainer.trainer.cli import main
+from generalist_trainer.trainer.errors import CheckpointError, ConfigError
+from generalist_trainer.trainer.eval.class_fold import FoldedLogits
+from generalist_trainer.trainer.evaluation import export_checkpoint
+from generalist_trainer.trainer.model_loading import eval_model_from_checkpoint
+from generalist_trainer.trainer.session import METADATA_KEY, saved_network_keys, session_from_checkpoint
 from tests.core.idx_runs import idx_run_config, write_small_fashion_mnist
-from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.cli import main
-from trainer.errors import CheckpointError, ConfigError
-from trainer.eval.class_fold import FoldedLogits
-from trainer.evaluation import export_checkpoint
-from trainer.model_loading import eval_model_from_checkpoint
-from trainer.session import METADATA_KEY, saved_network_keys, session_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = {
@@ -51,7 +52,7 @@ def runs(tmp_path_factory) -> dict[str, TrainedRun]:
     for name, extra in RUNS.items():
         root = tmp_path_factory.mktemp(name)
         data_dir = write_small_fashion_mnist(root / "data")
-        assert trainer.train(idx_run_config(data_dir, root / "run", *extra)).finished
+        assert gt.train(idx_run_config(data_dir, root / "run", *extra)).finished
         session, _ = session_from_checkpoint(str(root / "run" / "best.pt"), "cpu")
         x = torch.rand(5, 1, 12, 12, generator=torch.Generator().manual_seed(3))
         models = session.method.eval_models()
@@ -67,7 +68,7 @@ def runs(tmp_path_factory) -> dict[str, TrainedRun]:
 def test_load_model_works_after_the_data_folder_is_deleted(runs, name):
     run = runs[name]
     assert not run.data_dir.exists()
-    model = trainer.load_model(run.run_dir)
+    model = gt.load_model(run.run_dir)
     assert isinstance(model, nn.Module) and not model.training
     shipped = next(iter(run.trained_logits))
     with torch.no_grad():
@@ -86,11 +87,11 @@ def test_load_model_works_after_the_data_folder_is_deleted(runs, name):
 def test_load_model_picks_another_evaluated_model_and_a_checkpoint_file(runs):
     run = runs["generalist_ducat"]
     assert list(run.trained_logits) == ["global", "robust", "natural"]
-    robust = trainer.load_model(run.run_dir / "last.pt", name="robust")
+    robust = gt.load_model(run.run_dir / "last.pt", name="robust")
     with torch.no_grad():
         assert torch.equal(robust(run.inputs), run.contiguous_logits["robust"])
     with pytest.raises(ConfigError, match=r"model 'expert': checkpoint .*best.pt holds the models \['global', "):
-        trainer.load_model(run.run_dir, name="expert")
+        gt.load_model(run.run_dir, name="expert")
 
 
 def test_checkpoints_carry_plain_metadata(runs):
@@ -111,11 +112,11 @@ def test_export_needs_no_data_and_reloads_the_same_model(runs, tmp_path):
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     assert config["exported_network"] == "global" and config["method"] == "generalist"
     assert "eval_models" not in config and config["class_fold"]["output_classes"] == 10
-    exported = trainer.load_model(tmp_path / "export")
+    exported = gt.load_model(tmp_path / "export")
     with torch.no_grad():
         assert torch.equal(exported(run.inputs), run.contiguous_logits["global"])
     with pytest.raises(ConfigError, match="holds only the model 'global'"):
-        trainer.load_model(tmp_path / "export", name="robust")
+        gt.load_model(tmp_path / "export", name="robust")
 
 
 def _old_format_copy(run: TrainedRun) -> Path:
@@ -133,8 +134,8 @@ def test_an_old_checkpoint_loads_with_a_note_while_its_data_is_there(runs, name,
     old = _old_format_copy(run)
     write_small_fashion_mnist(run.data_dir)
     try:
-        with caplog.at_level(logging.INFO, logger="trainer"):
-            model = trainer.load_model(old)
+        with caplog.at_level(logging.INFO, logger="generalist_trainer"):
+            model = gt.load_model(old)
     finally:
         shutil.rmtree(run.data_dir)
     notes = [r for r in caplog.records if "written before checkpoints carried the model's metadata" in r.getMessage()]
@@ -147,7 +148,7 @@ def test_an_old_checkpoint_without_its_data_is_one_line_naming_what_is_missing(r
     run = runs["pgd_at"]
     old = _old_format_copy(run)
     with pytest.raises(CheckpointError) as info:
-        trainer.load_model(old)
+        gt.load_model(old)
     message = str(info.value)
     assert "\n" not in message and f"checkpoint {old}: has no model metadata" in message
     assert f"{run.data_dir}: no such folder" in message
@@ -159,35 +160,36 @@ def test_an_old_checkpoint_without_its_data_is_one_line_naming_what_is_missing(r
 
 def test_load_model_errors_name_the_path(tmp_path):
     with pytest.raises(CheckpointError, match=f"{tmp_path / 'nothing'}: not found"):
-        trainer.load_model(tmp_path / "nothing")
+        gt.load_model(tmp_path / "nothing")
     with pytest.raises(CheckpointError, match="no best.pt"):
-        trainer.load_model(tmp_path)  # an empty folder: neither a run nor an export
+        gt.load_model(tmp_path)  # an empty folder: neither a run nor an export
     with pytest.raises(ConfigError, match="device 'gpu0'"):
-        trainer.load_model(tmp_path, device="gpu0")
+        gt.load_model(tmp_path, device="gpu0")
 
 
 def test_load_config_takes_a_dict_and_leaves_it_alone():
     given = {"method": {"name": "trades"}, "train": {"epochs": 3}}
-    cfg = trainer.load_config(given, ("train.epochs=5", "attack.eps=0.2"))
+    cfg = gt.load_config(given, ("train.epochs=5", "attack.eps=0.2"))
     assert (cfg.method.name, cfg.train.epochs, cfg.attack.eps) == ("trades", 5, 0.2)
     assert given == {"method": {"name": "trades"}, "train": {"epochs": 3}}
-    assert trainer.load_config(None, "train.epochs=2").train.epochs == 2
+    assert gt.load_config(None, "train.epochs=2").train.epochs == 2
     with pytest.raises(ConfigError, match="config field 'method.name' = 'nope'"):
-        trainer.load_config({"method": {"name": "nope"}})
+        gt.load_config({"method": {"name": "nope"}})
 
 
 def test_the_package_root_imports_lazily_and_exports_the_trainers_own_objects():
-    probe = ("import sys, trainer; before = 'torch' in sys.modules; "
-             "from trainer.training import PGD; "
-             "print(before, trainer.attacks.PGD is PGD, trainer.attacks.CWLinf.__module__, "
-             "trainer.attacks.TradesKL.__module__, sorted(set(trainer.__all__) <= set(dir(trainer)) for _ in [0]))")
+    probe = ("import sys, generalist_trainer as gt; before = 'torch' in sys.modules; "
+             "from generalist_trainer.trainer.attacks import PGD; "
+             "print(before, gt.attacks.PGD is PGD, gt.attacks.CWLinf.__module__, "
+             "gt.attacks.TradesKL.__module__, sorted(set(gt.__all__) <= set(dir(gt)) for _ in [0]))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "True", "trainer.attacks.cw", "trainer.attacks.trades_kl", "[True]"]
-    assert trainer.load_model.__module__ == "trainer.model_loading"
-    assert trainer.evaluate.__module__ == "trainer.eval.any_model"
+    assert done.stdout.split() == ["False", "True", "generalist_trainer.trainer.attacks.cw",
+                                   "generalist_trainer.trainer.attacks.trades_kl", "[True]"]
+    assert gt.load_model.__module__ == "generalist_trainer.trainer.model_loading"
+    assert gt.evaluate.__module__ == "generalist_trainer.trainer.eval.any_model"
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
-        trainer.nope  # noqa: B018
+        gt.nope  # noqa: B018
 
 
 def test_metadata_maps_each_evaluated_model_to_its_saved_network():
@@ -209,10 +211,10 @@ def test_metadata_maps_each_evaluated_model_to_its_saved_network():
 
 
 @pytest.mark.parametrize("make", [
-    lambda: trainer.attacks.PGD(eps=0.1, step=0.03, steps=5),
-    lambda: trainer.attacks.PGD(eps=0.5, step=0.2, steps=5, norm="l2"),
-    lambda: trainer.attacks.CWLinf(eps=0.1, step=0.03, steps=5),
-    lambda: trainer.attacks.TradesKL(eps=0.1, step=0.03, steps=5),
+    lambda: gt.attacks.PGD(eps=0.1, step=0.03, steps=5),
+    lambda: gt.attacks.PGD(eps=0.5, step=0.2, steps=5, norm="l2"),
+    lambda: gt.attacks.CWLinf(eps=0.1, step=0.03, steps=5),
+    lambda: gt.attacks.TradesKL(eps=0.1, step=0.03, steps=5),
 ], ids=["pgd_linf", "pgd_l2", "cw_linf", "trades_kl"])
 def test_the_attacks_work_alone_on_any_module_with_the_contract(make):
     """A module the trainer never built (BatchNorm in train mode, gradients on): inputs stay in the ball and in

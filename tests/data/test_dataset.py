@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-import trainer.data.dataset as dataset_module
+import generalist_trainer.trainer.data.dataset as dataset_module
+from generalist_trainer.trainer.config import DataConfig
+from generalist_trainer.trainer.data import ArrayDataset, first_n, load_dataset
+from generalist_trainer.trainer.errors import ConfigError, DatasetError
 from tests.data.file_formats import cifar_rows, write_idx_dataset, write_python3_batch, write_svhn
-from trainer.config import DataConfig
-from trainer.data import ArrayDataset, first_n, load_dataset
-from trainer.errors import ConfigError, DatasetError
 
 
 def _dataset(count=6, side=4, channels=1):

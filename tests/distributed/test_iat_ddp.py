@@ -3,10 +3,10 @@ them every step, so the table equals one process's on the same global batches, a
 
 import torch
 
-import trainer.session
-from trainer.checkpoint import LAST, load_checkpoint
-from trainer.config import load_config
-from trainer.training import train
+import generalist_trainer.trainer.session as session_module
+from generalist_trainer.trainer.checkpoint import LAST, load_checkpoint
+from generalist_trainer.trainer.config import load_config
+from generalist_trainer.trainer.training import train
 
 from .test_ddp_gloo import TINY, check_replicas_file, networks, torchrun
 from .worker import batchnorm_free
@@ -24,7 +24,7 @@ def test_two_processes_keep_one_eps_table_and_resume_exactly(tmp_path, monkeypat
              "train", "--no-eval", *IAT, f"train.out_dir={straight}",
              "--then", "train", "--no-eval", *IAT, f"train.out_dir={split}", "train.max_steps=9",
              "--then", "train", "--resume", str(split), "--no-eval", "train.max_steps=null")
-    monkeypatch.setattr(trainer.session, "build_model", batchnorm_free)
+    monkeypatch.setattr(session_module, "build_model", batchnorm_free)
     result = train(load_config(None, [*IAT, f"train.out_dir={tmp_path / 'single'}"]))
     assert result.finished and result.global_step == 12
 

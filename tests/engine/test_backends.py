@@ -6,8 +6,8 @@ import inspect
 import pytest
 import torch
 
+from generalist_trainer.trainer.engine import apply_backend_policy, backend_state, resolve_engine, restore_backend_state
 from tests.engine.helpers import tiny_config
-from trainer.engine import apply_backend_policy, backend_state, resolve_engine, restore_backend_state
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from trainer.attacks import eval_mode
-from trainer.errors import ConfigError
+from ..attacks import eval_mode
+from ..errors import ConfigError
 
 VARIANTS = ("ascent", "authors_descent")
 # Radius of the ball per dataset (spec/lipschitz.md): 0.1 for MNIST-like data, 0.031 for 32x32 colour images.

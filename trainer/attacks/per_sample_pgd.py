@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels import pgd_l2_step_, pgd_linf_step_, pgd_random_start
-from trainer.attacks.base import draw_seed, local_generator
-from trainer.attacks.pgd import PGD, l2_random_start, zero_fraction
+from ...kernels import pgd_l2_step_, pgd_linf_step_, pgd_random_start
+from .base import draw_seed, local_generator
+from .pgd import PGD, l2_random_start, zero_fraction
 
 
 class PerSamplePGD(PGD):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.errors import ConfigError
+from ..errors import ConfigError
 
 # Padding and whether a horizontal flip keeps the label's meaning (not for digits).
 _PADDING_BY_SIZE = {32: 4, 28: 2}

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.data.cpu_loader import CpuLoader, EpochPlan
-from trainer.errors import ConfigError
+from ..errors import ConfigError
+from .cpu_loader import CpuLoader, EpochPlan
 
 
 class EpochPlanner:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.errors import DatasetError
+from ..errors import DatasetError
 
 _SIDE = 32
 _ROW_LENGTH = 3 * _SIDE * _SIDE

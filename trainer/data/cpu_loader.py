@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainer.data.augment import crop_and_flip, draw_crop_offsets, draw_flips
-from trainer.data.dataset import ArrayDataset
-from trainer.errors import ConfigError
+from ..errors import ConfigError
+from .augment import crop_and_flip, draw_crop_offsets, draw_flips
+from .dataset import ArrayDataset
 
 # Entropy word that keeps the loader's random streams apart from the split's for the same seed.
 _LOADER_STREAM = 0x10AD

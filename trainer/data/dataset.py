@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.config import DataConfig
-from trainer.data.cifar_reader import CIFAR10, CIFAR100, load_cifar_split
-from trainer.data.idx_reader import EXPECTED_IDX_FILES, load_idx_split
-from trainer.data.svhn_reader import EXPECTED_SVHN_FILES, load_svhn_split
-from trainer.data.synthetic import check_synthetic_config, make_synthetic, synthetic_stats
-from trainer.errors import ConfigError, DatasetError
+from ..config import DataConfig
+from ..errors import ConfigError, DatasetError
+from .cifar_reader import CIFAR10, CIFAR100, load_cifar_split
+from .idx_reader import EXPECTED_IDX_FILES, load_idx_split
+from .svhn_reader import EXPECTED_SVHN_FILES, load_svhn_split
+from .synthetic import check_synthetic_config, make_synthetic, synthetic_stats
 
 SPLITS = ("train", "test")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.errors import DatasetError
+from ..errors import DatasetError
 
 # (images, labels) file names of each split, without the optional .gz suffix.
 IDX_FILES = {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.errors import DatasetError
+from ..errors import DatasetError
 
 SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 EXPECTED_SVHN_FILES = ", ".join(SVHN_FILES.values())

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from trainer.errors import ConfigError
+from ..errors import ConfigError
 
 SYNTHETIC_SEED = 0x5EED
 _SPLIT_STREAM = {"train": 1, "test": 2}

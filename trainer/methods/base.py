@@ -8,13 +8,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from trainer.config import OptimConfig, RunConfig
-from trainer.distributed import average_buffers_, data_parallel, rank, world_size
-from trainer.engine import Engine, LossScaler, phase
-from trainer.engine.step_metrics import StepMetrics, for_network, host_values, loss_metric, mean_metric, skipped_metric
-from trainer.engine.streams import RankRandomForward
-from trainer.objectives.base import batch_accuracy, cross_entropy  # noqa: F401  (re-exported for the methods)
-from trainer.optim import set_lr
+from ..config import OptimConfig, RunConfig
+from ..distributed import average_buffers_, data_parallel, rank, world_size
+from ..engine import Engine, LossScaler, phase
+from ..engine.step_metrics import StepMetrics, for_network, host_values, loss_metric, mean_metric, skipped_metric
+from ..engine.streams import RankRandomForward
+from ..objectives.base import batch_accuracy, cross_entropy  # noqa: F401  (re-exported for the methods)
+from ..optim import set_lr
 
 ModelFactory = Callable[[], nn.Module]
 

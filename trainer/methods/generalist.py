@@ -17,16 +17,16 @@ import copy
 import torch
 from torch import nn
 
-from kernels import FlatArena, generalist_average_
-from trainer.config import GeneralistConfig, RunConfig
-from trainer.distributed import average_buffers_
-from trainer.engine import Engine, LossScaler, draw_update_seed, independent_rng, phase
-from trainer.engine.step_metrics import StepMetrics, for_network, loss_metric, mean_metric, skipped_metric
-from trainer.methods.base import Method, ModelFactory, attack_metrics
-from trainer.methods.generalist_schedule import ema_decay, is_sync_epoch, mix_beta
-from trainer.objectives import CleanObjective, Objective, build_objective
-from trainer.optim import set_lr
-from trainer.registry import METHODS
+from ...kernels import FlatArena, generalist_average_
+from ..config import GeneralistConfig, RunConfig
+from ..distributed import average_buffers_
+from ..engine import Engine, LossScaler, draw_update_seed, independent_rng, phase
+from ..engine.step_metrics import StepMetrics, for_network, loss_metric, mean_metric, skipped_metric
+from ..objectives import CleanObjective, Objective, build_objective
+from ..optim import set_lr
+from ..registry import METHODS
+from .base import Method, ModelFactory, attack_metrics
+from .generalist_schedule import ema_decay, is_sync_epoch, mix_beta
 
 
 def pack_integer_buffers(arenas: list[FlatArena]) -> torch.Tensor | None:

@@ -19,8 +19,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from trainer.engine import phase
-from trainer.engine.step_metrics import StepMetrics, mean_metric
+from ..engine import phase
+from ..engine.step_metrics import StepMetrics, mean_metric
 
 ModelFactory = Callable[[], nn.Module]
 

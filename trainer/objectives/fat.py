@@ -5,9 +5,9 @@ dynamic schedule when `method.fat.dynamic_tau` (their FAT.py: 0, 1, 2 over epoch
 
 from __future__ import annotations
 
-from trainer.attacks import EarlyStopPGD
-from trainer.objectives.pgd_at import PGDAT
-from trainer.registry import OBJECTIVES
+from ..attacks import EarlyStopPGD
+from ..registry import OBJECTIVES
+from .pgd_at import PGDAT
 
 
 def scheduled_tau(epoch: int, total_epochs: int, tau: int, dynamic: bool) -> int:

@@ -33,15 +33,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.attacks.base import eval_mode
-from trainer.attacks.per_sample_pgd import PerSamplePGD
-from trainer.config import IatConfig
-from trainer.distributed import all_gather_rows
-from trainer.engine import phase
-from trainer.engine.step_metrics import StepMetrics, mean_metric
-from trainer.errors import CheckpointError
-from trainer.objectives.base import Objective, batch_accuracy, cross_entropy
-from trainer.registry import OBJECTIVES
+from ..attacks.base import eval_mode
+from ..attacks.per_sample_pgd import PerSamplePGD
+from ..config import IatConfig
+from ..distributed import all_gather_rows
+from ..engine import phase
+from ..engine.step_metrics import StepMetrics, mean_metric
+from ..errors import CheckpointError
+from ..registry import OBJECTIVES
+from .base import Objective, batch_accuracy, cross_entropy
 
 
 def predicts_label(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
