@@ -172,8 +172,28 @@ class MartConfig:
 class FatConfig:
     """Friendly AT (Zhang et al., ICML 2020; trainer/objectives/fat.py): early-stopped PGD."""
 
-    # Steps each sample continues after it is first misclassified (the paper sweeps 0-3; 3 is closest to PGD-AT).
-    tau: int = 3
+    # Steps each sample continues after it is first misclassified. Defaults: the authors' FAT.py
+    # (github.com/zjfheart/Friendly-Adversarial-Training, CIFAR-10, 120 epochs): --tau 0 with --dynamictau on, i.e.
+    # tau 0 for epochs 1-50, 1 for 51-90, 2 for 91-120. dynamic_tau adds 1 past 50/120 and 2 past 90/120 of the run
+    # to tau (the authors' flag replaces their tau by 0, 1, 2: the same at tau 0); false keeps tau all run.
+    tau: int = 0
+    dynamic_tau: bool = True
+
+
+@dataclass(frozen=True)
+class IatConfig:
+    """Instance-adaptive AT (Balaji et al., arXiv 1910.08051; trainer/objectives/iat.py): one eps per training sample.
+
+    Defaults are the authors' CIFAR-10 config (eps 8/255, 110 epochs); gamma is in pixel space like attack.eps."""
+
+    # Epochs at the fixed attack.eps (0 on clean-misclassified samples) before the per-sample update starts.
+    warmup_epochs: int = 10
+    # Exploration step: each visit probes eps_i + gamma and steps eps_i up, keeps it, or steps it down by gamma.
+    gamma: float = 1.9 / 255
+    # Weight of the new value: eps_i <- beta * new + (1 - beta) * eps_i.
+    beta: float = 0.1
+    # Cap on eps_i (ours; null: none, as the authors' code).
+    max_eps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +206,7 @@ class MethodConfig:
     ducat: DucatConfig = field(default_factory=DucatConfig)
     mart: MartConfig = field(default_factory=MartConfig)
     fat: FatConfig = field(default_factory=FatConfig)
+    iat: IatConfig = field(default_factory=IatConfig)
 
 
 @dataclass(frozen=True)
@@ -376,6 +397,13 @@ def validate(cfg: RunConfig) -> RunConfig:
            "a finite value > 0 (0 would be natural training that pays for the attack)")
     _check(math.isfinite(me.mart.beta) and me.mart.beta >= 0, "method.mart.beta", me.mart.beta, "a finite value >= 0")
     _check(me.fat.tau >= 0, "method.fat.tau", me.fat.tau, "an integer >= 0")
+    _check(me.iat.warmup_epochs >= 0, "method.iat.warmup_epochs", me.iat.warmup_epochs, "an integer >= 0")
+    _check(math.isfinite(me.iat.gamma) and me.iat.gamma > 0, "method.iat.gamma", me.iat.gamma,
+           "a finite value > 0 (pixel space)")
+    _check(math.isfinite(me.iat.beta) and 0.0 < me.iat.beta <= 1.0, "method.iat.beta", me.iat.beta,
+           "a weight in (0, 1]")
+    _check(me.iat.max_eps is None or (math.isfinite(me.iat.max_eps) and me.iat.max_eps > 0), "method.iat.max_eps",
+           me.iat.max_eps, "null or a finite value > 0 (pixel space)")
     g = me.generalist
     _check(g.robust_objective in OBJECTIVES, "method.generalist.robust_objective", g.robust_objective,
            f"one of {OBJECTIVES.names()}")

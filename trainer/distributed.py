@@ -206,6 +206,17 @@ def _all_reduce(values: torch.Tensor, op) -> torch.Tensor:
     return buf.to(values.device)
 
 
+def all_gather_rows(values: torch.Tensor) -> torch.Tensor:
+    """Every rank's `values` (the same shape on each) concatenated along dim 0 in rank order, on `values`' device;
+    `values` itself if not distributed."""
+    if not is_distributed():
+        return values
+    buf = values.detach().to(_comm_device(), copy=True)
+    parts = [torch.empty_like(buf) for _ in range(world_size())]
+    dist.all_gather(parts, buf)
+    return torch.cat(parts).to(values.device)
+
+
 def broadcast(values: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Rank `src`'s `values` on every rank (a new tensor on `values`' device)."""
     if not is_distributed():

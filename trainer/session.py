@@ -104,6 +104,7 @@ def open_session(cfg: RunConfig) -> Session:
     # All networks of a method come from one initialisation drawn right after seeding.
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg, model_factory, device)
+    method.set_training_size(len(splits.train))  # per-sample state indexed by dataset index (IAT)
     return Session(cfg, device, splits, method, model_metadata(cfg, ref, method))
 
 

@@ -12,6 +12,7 @@ import logging
 import shlex
 import time
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 import torch
@@ -188,12 +189,15 @@ class TrainingRun:
         self.epoch_started = time.perf_counter()
         bar = tqdm(total=len(self.loader), initial=first, desc=f"epoch {epoch}/{tcfg.epochs}", leave=False,
                    disable=not (tcfg.progress and self.rank0), dynamic_ncols=True)
-        for batch, (x, y) in enumerate(self.loader.batches(epoch, start=first), start=first):
+        # The rows' dataset indices only for an objective with per-sample state (IAT); None for every other method.
+        indices = self.loader.batch_indices(epoch, start=first) if method.needs_sample_index else repeat(None)
+        for batch, ((x, y), index) in enumerate(zip(self.loader.batches(epoch, start=first), indices), start=first):
             x = x.to(self.session.device, non_blocking=True)
             y = y.to(self.session.device, non_blocking=True)
+            index = None if index is None else index.to(self.session.device, non_blocking=True)
             self._share_of_global_batch(batch, len(x))
             # No host read inside the step: the metrics stay on the device until a boundary reads them.
-            self.steps.add(method.device_step(x, y), method.global_step)
+            self.steps.add(method.device_step(x, y, index), method.global_step)
             self.guard.after_step(self.steps, step=method.global_step, networks=method.networks())
             bar.update(1)
             self._check_replicas_every_few_steps()

@@ -179,8 +179,8 @@ def _tamper_after_step(monkeypatch, at_step, tamper):
         session = real_open(cfg)
         method, step = session.method, session.method.device_step
 
-        def device_step(x, y):
-            metrics = step(x, y)
+        def device_step(x, y, index=None):
+            metrics = step(x, y, index)
             if method.global_step == at_step:
                 tamper(method, metrics)
             return metrics

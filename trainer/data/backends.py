@@ -6,6 +6,8 @@ Loader contract (CpuLoader, GpuLoader, DaliLoader, TorchLoader):
   the tail of a full pass from batch 0 (exact mid-epoch resume); x float32 (B, C, H, W) in [0, 1]
   (never normalised: models normalise), y int64 (B,). The gpu, dali and torch loaders put both on
   the target `device`; the cpu loader yields host tensors for the training loop to move.
+- `loader.batch_indices(epoch, start=0)`: yields the (B,) int64 dataset indices of the same batches' rows, on the
+  device where y is (objectives with per-sample state key it by them: IAT).
 - Everything random (order, crop corners, flips) is a function of (seed, epoch) only, and for the
   same seed the cpu, gpu, torch and (on the CPU) dali backends yield the same batches bit for bit.
 - Constructor keywords shared by all: shuffle, padding, flip, seed, drop_last, rank, world_size.

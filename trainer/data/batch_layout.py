@@ -13,8 +13,10 @@ fewer rows, or none.
 
 from __future__ import annotations
 
-from collections.abc import Sized
+from collections.abc import Iterator, Sized
 from dataclasses import dataclass
+
+import torch
 
 from ..errors import ConfigError
 from .cpu_loader import CpuLoader, EpochPlan
@@ -78,3 +80,12 @@ class BatchLayout:
         total = len(self)
         if not 0 <= start <= total:
             raise ConfigError(f"start batch {start!r}: expected 0..{total} (batches per epoch)")
+
+
+def planned_batch_indices(planner: EpochPlanner, layout: BatchLayout, epoch: int, start: int,
+                          device: torch.device) -> Iterator[torch.Tensor]:
+    """(b,) int64 tensors on `device`: the dataset indices of this rank's rows of batches start, start + 1, ... of
+    `epoch`, row for row as the loader yields them; the epoch's order crosses to the device once."""
+    layout.check_start(start)
+    order = torch.from_numpy(planner.plan(epoch).order).to(device)  # (N,)
+    return (order[layout.span(k)] for k in range(start, len(layout)))

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DatasetError, MissingDependencyError
-from .batch_layout import BatchLayout, EpochPlanner
+from .batch_layout import BatchLayout, EpochPlanner, planned_batch_indices
 from .cpu_loader import EpochPlan
 from .dataset import ArrayDataset
 
@@ -152,6 +152,10 @@ class _DaliBatches:
     def __len__(self) -> int:
         """Batches per epoch."""
         return len(self.layout)
+
+    def batch_indices(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """(b,) int64 on the device: the dataset indices of the rows of batches start, start + 1, ... of `epoch`."""
+        return planned_batch_indices(self._planner, self.layout, epoch, start, self.device)
 
 
 class DaliLoader(_DaliBatches):

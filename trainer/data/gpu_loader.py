@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 
 from .augment import crop_and_flip
-from .batch_layout import BatchLayout, EpochPlanner
+from .batch_layout import BatchLayout, EpochPlanner, planned_batch_indices
 from .dataset import ArrayDataset
 
 # Per device: pixel byte b -> b / 255 in fp32 (256 values), computed once on the CPU.
@@ -73,6 +73,10 @@ class GpuLoader:
         offsets = torch.from_numpy(plan.offsets).to(self.device)
         flips = torch.from_numpy(plan.flips).to(self.device)
         return self._iterate(order, offsets, flips, start)
+
+    def batch_indices(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """(b,) int64 on the device: the dataset indices of the rows of batches start, start + 1, ... of `epoch`."""
+        return planned_batch_indices(self._planner, self.layout, epoch, start, self.device)
 
     def _iterate(self, order: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
                  start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

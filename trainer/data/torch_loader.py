@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ConfigError
 from .augment import crop_and_flip
-from .batch_layout import BatchLayout, EpochPlanner
+from .batch_layout import BatchLayout, EpochPlanner, planned_batch_indices
 from .cpu_loader import EpochPlan
 from .dataset import ArrayDataset
 from .gpu_loader import bytes_to_unit
@@ -107,7 +107,7 @@ class TorchLoader:
         if num_workers < 0:
             raise ConfigError(f"config field 'data.num_workers' = {num_workers!r}: expected an integer >= 0")
         self.layout = BatchLayout(len(dataset), batch_size, drop_last, rank, world_size)
-        planner = EpochPlanner(dataset, shuffle=shuffle, padding=padding, flip=flip, seed=seed)
+        planner = self._planner = EpochPlanner(dataset, shuffle=shuffle, padding=padding, flip=flip, seed=seed)
         self.device = torch.device(device)
         _, height, width, channels = dataset.images.shape
         image_shape = (channels, height, width)
@@ -132,6 +132,10 @@ class TorchLoader:
         if epoch < 0:
             raise ConfigError(f"epoch {epoch!r}: expected an integer >= 0")
         return self._iterate(epoch, start)
+
+    def batch_indices(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """(b,) int64 on the device: the dataset indices of the rows of batches start, start + 1, ... of `epoch`."""
+        return planned_batch_indices(self._planner, self.layout, epoch, start, self.device)
 
     def _iterate(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # Set inside the generator, at the first batch: two generators alive at once must not

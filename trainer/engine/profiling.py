@@ -26,12 +26,19 @@ from .backends import apply_backend_policy
 from .phases import PHASES, phase, phase_ranges
 
 
-def endless_batches(loader, device: torch.device, first_epoch: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The loader's batches, epoch after epoch, moved to `device` (a no-op for device-resident loaders)."""
+def endless_batches(loader, device: torch.device, first_epoch: int = 1, *,
+                    with_index: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The loader's batches (x, y), epoch after epoch, moved to `device` (a no-op for device-resident loaders);
+    with_index: (x, y, index), index the rows' dataset indices (for an objective with per-sample state, IAT)."""
     epoch = first_epoch
     while True:
-        for x, y in loader.batches(epoch):
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if not with_index:
+            for x, y in loader.batches(epoch):
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        else:
+            for (x, y), index in zip(loader.batches(epoch), loader.batch_indices(epoch)):
+                yield (x.to(device, non_blocking=True), y.to(device, non_blocking=True),
+                       index.to(device, non_blocking=True))
         epoch += 1
 
 
@@ -61,12 +68,12 @@ def profile_training(cfg: RunConfig, *, steps: int = 5, warmup: int | None = Non
     if warmup is None:
         warmup = settings.cuda_graph_warmup_steps + 1 if settings.cuda_graphs else 2
     method.start_epoch(1)
-    batches = endless_batches(session.train_loader(), device)
+    batches = endless_batches(session.train_loader(), device, with_index=method.needs_sample_index)
 
     def iteration() -> None:
         with phase("data"):
-            x, y = next(batches)
-        method.device_step(x, y)  # no host read: the profile shows the step as training runs it
+            batch = next(batches)  # (x, y), or (x, y, index) for an objective with per-sample state
+        method.device_step(*batch)  # no host read: the profile shows the step as training runs it
 
     for _ in range(warmup):
         iteration()

@@ -36,8 +36,9 @@ class AdversarialTraining(SingleNetworkMethod):
         method.cfg = cfg
         return method
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, StepMetrics]:
-        return self.objective(self.run_model, self.train_model, x, y)
+    def loss(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, StepMetrics]:
+        return self.objective(self.run_model, self.train_model, x, y, index)
 
     def step_attack(self) -> object | None:
         return self.objective.attack

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..registry import OBJECTIVES
-from . import fat, mart, pgd_at, rst, trades  # noqa: F401  (registration)
+from . import fat, iat, mart, pgd_at, rst, trades  # noqa: F401  (registration)
 from .base import CleanObjective, Objective
 from .ducat import Ducat, DucatNatural
 
