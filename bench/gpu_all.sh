@@ -66,7 +66,7 @@ have_xdist() { "$PY" -c 'import xdist' >/dev/null 2>&1; }
 run_pytest() {  # log name, xdist workers, per-test limit (s; PER_TEST_S overrides), pytest arguments...
   local name=$1 workers=$2 per_test=${PER_TEST_S:-$3}
   shift 3
-  local args=(-q -p no:cacheprovider -p bench.pytest_stage_timeout --per-test-timeout "$per_test" -rfEs)
+  local args=(-q -p no:cacheprovider -p generalist_trainer.bench.pytest_stage_timeout --per-test-timeout "$per_test" -rfEs)
   if [ "$workers" -gt 1 ] && have_xdist; then args+=(-n "$workers"); fi
   "$PY" -m pytest "${args[@]}" "$@" 2>&1 | tee "$STATE/$name.log"
   local rc=${PIPESTATUS[0]}

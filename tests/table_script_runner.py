@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 FAKE_PY = r"""#!/usr/bin/env bash
-if [ "$1" != "-m" ] || [ "$2" != "trainer" ]; then exec "$REAL_PY" "$@"; fi
+if [ "$1" != "-m" ] || [ "$2" != "generalist_trainer" ]; then exec "$REAL_PY" "$@"; fi
 echo "$*" >> "$CALLS"
 cmd=$3; shift 3
 out=""; dir=""
