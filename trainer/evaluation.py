@@ -71,7 +71,7 @@ def evaluate_checkpoint(run_or_file: str | Path, *, which: str = "best", eval_cf
     check_output_file(out, "evaluation output")
     session, state = session_from_checkpoint(str(path), device)
     cfg = session.cfg
-    init_distributed(cfg.train.dist_backend, session.device)  # a no-op outside torchrun or when training joined
+    init_distributed(cfg.train.process_group, session.device)  # a no-op outside torchrun or when training joined
     if eval_cfg is not None:
         cfg = validate(dataclasses.replace(cfg, eval=eval_cfg))
     ecfg = cfg.eval

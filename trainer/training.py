@@ -26,7 +26,7 @@ from trainer.distributed import (
     world_size,
 )
 from trainer.distributed import rank as dist_rank
-from trainer.engine import Kind, StepAccumulator, apply_backend_policy
+from trainer.engine import Kind, StepAccumulator, apply_cudnn_tf32_policy
 from trainer.errors import CheckpointError, ConfigError, Interrupted
 from trainer.eval import correct_mask
 from trainer.guards import FiniteGuard
@@ -174,7 +174,7 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     """
     run_dir = Path(cfg.train.out_dir)
     # First of all: under torchrun, join the process group (each process on the GPU of its LOCAL_RANK).
-    rank0 = init_distributed(cfg.train.dist_backend, resolve_device(cfg.train.device)).rank == 0
+    rank0 = init_distributed(cfg.train.process_group, resolve_device(cfg.train.device)).rank == 0
     # Rank 0 alone writes the folder, so it alone holds the lock (released when train returns or raises).
     lock = claim_run_folder(run_dir) if rank0 else None
     progress = _Progress()
@@ -202,7 +202,7 @@ def _train(cfg: RunConfig, resume: bool, run_dir: Path, rank0: bool, progress: _
     method, tcfg = session.method, cfg.train
     progress.method = method
     # cuDNN benchmark mode and the TF32 policy are process-wide: set here, from the method's resolved engine.
-    apply_backend_policy(method.engine.settings)
+    apply_cudnn_tf32_policy(method.engine.settings)
     if rank0:
         print(method.engine.settings.describe())
     logger = MetricsLogger(run_dir)

@@ -1,7 +1,7 @@
 """`python -m trainer profile`: a torch.profiler trace of N training iterations, with one range per phase.
 
-The run is built exactly as `train` builds it (seed, data splits, method, engine, cuDNN/TF32 policy, loader
-backend), then a few warm-up iterations run unrecorded (cuDNN autotuning, torch.compile, the CUDA graph
+The run is built exactly as `train` builds it (seed, data splits, method, engine, cuDNN/TF32 policy, training
+loader), then a few warm-up iterations run unrecorded (cuDNN autotuning, torch.compile, the CUDA graph
 capture) and N iterations are recorded. Every phase of an iteration (PHASES: data, attack, robust_update,
 natural_update, averaging) is a `record_function` range, and an NVTX range on CUDA, so that the attack's
 kernels can be told apart from the updates' in the Chrome trace (chrome://tracing, Perfetto) or in Nsight
@@ -20,7 +20,7 @@ import torch
 
 from trainer.config import RunConfig
 from trainer.data import augmentation_defaults, build_train_loader
-from trainer.engine.backends import apply_backend_policy
+from trainer.engine.cudnn_tf32 import apply_cudnn_tf32_policy
 from trainer.engine.phases import PHASES, phase, phase_ranges
 from trainer.errors import ConfigError
 from trainer.runtime import configure_threads, seed_everything
@@ -71,7 +71,7 @@ def profile_training(cfg: RunConfig, *, steps: int = 5, warmup: int | None = Non
     session = open_session(cfg)
     method, device = session.method, session.device
     settings = method.engine.settings
-    apply_backend_policy(settings)
+    apply_cudnn_tf32_policy(settings)
     print(settings.describe())
     if warmup is None:
         warmup = settings.cuda_graph_warmup_steps + 1 if settings.cuda_graphs else 2
