@@ -119,7 +119,7 @@ def _is_rank0() -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainer.evaluation import evaluate_checkpoint, results_table
+    from trainer.eval.saved_models import evaluate_checkpoint, results_table
     from trainer.run_lock import acquire_run_folder
     from trainer.training import train
 
@@ -169,7 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from trainer.checkpoint import resolve_checkpoint
-    from trainer.evaluation import evaluate_checkpoint, evaluate_export, results_table
+    from trainer.eval.saved_models import evaluate_checkpoint, evaluate_export, results_table
 
     if args.run is not None and "=" in args.run and not Path(args.run).exists():
         # `eval --model-export DIR eval.num_points=16`: argparse hands the first override to the optional RUN.
@@ -205,7 +205,7 @@ def _check_out(args: argparse.Namespace, command: str) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from trainer.evaluation import export_checkpoint
+    from trainer.model_loading import export_checkpoint
 
     check_output_folder(args.out, "export --out")
     weights = export_checkpoint(args.run, Path(args.out), which=args.which)

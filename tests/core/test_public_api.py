@@ -21,8 +21,7 @@ from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.cli import main
 from trainer.errors import CheckpointError, ConfigError
 from trainer.eval.class_fold import FoldedLogits
-from trainer.evaluation import export_checkpoint
-from trainer.model_loading import eval_model_from_checkpoint
+from trainer.model_loading import eval_model_from_checkpoint, export_checkpoint
 from trainer.session import METADATA_KEY, saved_network_keys, session_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config import load_config
-from trainer.evaluation import evaluate_checkpoint
+from trainer.eval.saved_models import evaluate_checkpoint
 from trainer.training import train
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -15,7 +15,8 @@ from trainer.analysis.run_analysis import sweep_checkpoint
 from trainer.checkpoint import load_checkpoint, load_export, save_checkpoint
 from trainer.config import EvalConfig, load_config
 from trainer.eval import autoattack_adapter, autoattack_resumable
-from trainer.evaluation import evaluate_checkpoint, export_checkpoint
+from trainer.eval.saved_models import evaluate_checkpoint
+from trainer.model_loading import export_checkpoint
 from trainer.session import dataset_tensors, session_from_checkpoint
 from trainer.training import train, validate
 

@@ -13,7 +13,8 @@ from trainer.config import EvalConfig, load_config
 from trainer.errors import CheckpointError
 from trainer.eval import evaluate_model
 from trainer.eval.class_fold import FoldedLogits
-from trainer.evaluation import evaluate_checkpoint, export_checkpoint
+from trainer.eval.saved_models import evaluate_checkpoint
+from trainer.model_loading import export_checkpoint
 from trainer.models import build_model
 from trainer.training import train
 

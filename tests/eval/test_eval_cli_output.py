@@ -15,7 +15,7 @@ import torch
 from tests.core.test_checkpoint_resume import TINY
 from trainer.cli import main
 from trainer.config import EvalConfig
-from trainer.evaluation import evaluate_checkpoint
+from trainer.eval.saved_models import evaluate_checkpoint
 
 EVAL = ["eval.attacks=[clean, pgd]", "eval.pgd_steps=2"]
 

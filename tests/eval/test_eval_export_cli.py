@@ -13,7 +13,8 @@ import pytest
 
 from tests.core.idx_runs import idx_run_config, write_small_fashion_mnist
 from trainer.cli import main
-from trainer.evaluation import evaluate_checkpoint, export_checkpoint
+from trainer.eval.saved_models import evaluate_checkpoint
+from trainer.model_loading import export_checkpoint
 from trainer.training import train
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,7 +21,8 @@ from trainer.eval.robustness import (
     same_weights,
     weights_fingerprint,
 )
-from trainer.evaluation import evaluate_across_ranks, results_table
+from trainer.eval.saved_models import results_table
+from trainer.eval.sharded import evaluate_across_ranks
 
 CFG = EvalConfig(num_points=20, eps=EPS, attacks=("clean", "pgd", "cw"), pgd_steps=2, cw_steps=2)
 
