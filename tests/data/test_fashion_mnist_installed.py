@@ -5,7 +5,7 @@ import pytest
 
 from trainer.config import DataConfig
 from trainer.data import load_dataset
-from trainer.data.dataset import FASHION_MNIST_DIR
+from trainer.data.idx_reader import FASHION_MNIST_DIR
 
 pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.exists(),
                                 reason=f"{FASHION_MNIST_DIR} absent: apt-get install dataset-fashion-mnist")
