@@ -635,7 +635,7 @@ def load_config(path: str | Path | Mapping[str, Any] | None = None,
     data: dict[str, Any] = {}
     if isinstance(path, Mapping):
         data = copy.deepcopy(dict(path))  # the overrides below edit it in place
-        _refuse_renamed_keys(data, "config")
+        _refuse_renamed_keys(data, "config mapping")
     elif path is not None:
         p = Path(path)
         if not p.is_file():
