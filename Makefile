@@ -11,11 +11,11 @@ setup:
 # PGD-20 / CW-20 / AutoAttack accuracy of the global model and both experts on 50 test points.
 # The table's preset trains on 10,000 images; the demo on 6,000 (about 2 s per step on 2 cores).
 demo: setup
-	$(PY) -m trainer train --config configs/fashion_mnist_generalist.yaml data.train_subset=6000 \
+	$(PY) -m generalist_trainer train --config configs/fashion_mnist_generalist.yaml data.train_subset=6000 \
 		train.out_dir=$(RUN_DIR)
 
 test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check kernels trainer bench tests
+	$(PY) -m ruff check generalist_trainer kernels trainer bench tests

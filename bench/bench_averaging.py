@@ -14,8 +14,8 @@ Two parts:
 Targets (GPU): fused >= 85% of copy bandwidth from 16M elements; on ResNet-18 >= 20x faster than the
 per-key update and >= 2x faster than the best foreach composition.
 
-    python -m bench.bench_averaging              # GPU: 1M..256M plus ResNet-18
-    python -m bench.bench_averaging --smoke      # CPU smoke run
+    python -m generalist_trainer.bench.bench_averaging              # GPU: 1M..256M plus ResNet-18
+    python -m generalist_trainer.bench.bench_averaging --smoke      # CPU smoke run
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ import argparse
 import torch
 from torch import nn
 
-from bench.common import (
+from ..kernels import FlatArena, KernelUnavailableError, generalist_average_
+from ..kernels.generalist_average import generalist_average_reference
+from .common import (
     bench,
     copy_bandwidth,
     device_info,
@@ -36,8 +38,6 @@ from bench.common import (
     wall_time,
     write_results,
 )
-from kernels import FlatArena, KernelUnavailableError, generalist_average_
-from kernels.generalist_average import generalist_average_reference
 
 FUSED = ("torch", "compile", "triton", "cuda")
 PER_TENSOR = ("foreach_lerp", "foreach_muladd", "state_dict_per_key")

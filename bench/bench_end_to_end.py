@@ -1,9 +1,9 @@
 """End-to-end Generalist benchmark: the trainer against the reference-style loop, same model, batch, data,
 attack and device, in one run (spec/performance.md "How to measure" and "The reference-style loop").
 
-    python -m bench.bench_end_to_end                      # GPU: ResNet-18, CIFAR-shaped data, PGD-10
-    python -m bench.bench_end_to_end --smoke --device cpu # CPU smoke run: small CNN, tiny batches (CI)
-    python -m bench.bench_end_to_end --table FILE         # markdown table of a results file
+    python -m generalist_trainer.bench.bench_end_to_end                      # GPU: ResNet-18, CIFAR-shaped data, PGD-10
+    python -m generalist_trainer.bench.bench_end_to_end --smoke --device cpu # CPU smoke run: small CNN, tiny batches (CI)
+    python -m generalist_trainer.bench.bench_end_to_end --table FILE         # markdown table of a results file
 
 What runs (each on fresh networks from one seed, on the same synthetic CIFAR-shaped training set):
 - `reference` (bench/reference_loop.py) at --ratio-batch: fp32 eager, DataLoader with CPU crop/flip,
@@ -46,11 +46,9 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS_DIR, device_info, device_slug, setup_cpu_threads, synchronize
-from bench.reference_loop import ReferenceGeneralist, endless, reference_loader
-from trainer.config import RunConfig, load_config, to_dict
-from trainer.data import augmentation_defaults
-from trainer.engine import (
+from ..trainer.config import RunConfig, load_config, to_dict
+from ..trainer.data import augmentation_defaults
+from ..trainer.engine import (
     PHASES,
     PhaseTimer,
     apply_cudnn_tf32_policy,
@@ -59,10 +57,12 @@ from trainer.engine import (
     restore_cudnn_tf32_state,
     timing_phases,
 )
-from trainer.engine.profiling import endless_batches, training_loader
-from trainer.methods.generalist_schedule import mix_beta
-from trainer.models import build_model
-from trainer.session import Session, open_session
+from ..trainer.engine.profiling import endless_batches, training_loader
+from ..trainer.methods.generalist_schedule import mix_beta
+from ..trainer.models import build_model
+from ..trainer.session import Session, open_session
+from .common import RESULTS_DIR, device_info, device_slug, setup_cpu_threads, synchronize
+from .reference_loop import ReferenceGeneralist, endless, reference_loader
 
 BENCHMARK = "end_to_end"
 TARGETS = {"speedup_vs_reference": 8.0, "mfu": 0.30, "two_stream_speedup": 1.15}

@@ -6,8 +6,8 @@ Reports the median time, GB/s of the one-pass byte count (L-inf and L2 step: rea
 write x_adv; random start: read x, write x_adv) and its fraction of the copy bandwidth measured in the
 same run. Target (GPU): L-inf step >= 85% of copy bandwidth from 16M elements.
 
-    python -m bench.bench_pgd_step                    # GPU: sizes 1M..256M, fp32 and bf16
-    python -m bench.bench_pgd_step --smoke            # CPU smoke run at small sizes
+    python -m generalist_trainer.bench.bench_pgd_step                    # GPU: sizes 1M..256M, fp32 and bf16
+    python -m generalist_trainer.bench.bench_pgd_step --smoke            # CPU smoke run at small sizes
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ import argparse
 
 import torch
 
-from bench.common import (
+from ..kernels import KernelUnavailableError, pgd_l2_step_, pgd_linf_step_, pgd_random_start
+from ..kernels.pgd_l2_step import pgd_l2_step_reference
+from ..kernels.pgd_step import pgd_linf_step_reference, pgd_random_start_reference
+from .common import (
     bench,
     copy_bandwidth,
     device_info,
@@ -26,9 +29,6 @@ from bench.common import (
     setup_cpu_threads,
     write_results,
 )
-from kernels import KernelUnavailableError, pgd_l2_step_, pgd_linf_step_, pgd_random_start
-from kernels.pgd_l2_step import pgd_l2_step_reference
-from kernels.pgd_step import pgd_linf_step_reference, pgd_random_start_reference
 
 PROVIDERS = ("torch", "compile", "triton", "cuda")
 OPS = ("linf", "l2", "random_start")

@@ -12,7 +12,7 @@
 #                         sizes; providers torch, triton, cuda (torch.compile rows: optional kernel_bench_compile)
 #   e2e             120   bench_end_to_end: reference vs ours at batch 128 (per-phase breakdown), ours at 512
 #                         (MFU), ours on one stream at 128 (two streams vs one)
-#   profile          40   python -m trainer profile, ResNet-18 PGD-10 Generalist at 128: top kernels, trace
+#   profile          40   python -m generalist_trainer profile, ResNet-18 PGD-10 Generalist at 128: top kernels, trace
 #
 # Optional stages, run only when named in STAGES (each a later call, or the rest of a call's 10 minutes):
 #   e2e_extras 110 (CUDA graphs and torch.compile at 128), kernel_bench_compile 120 (torch.compile provider
@@ -66,18 +66,18 @@ have_xdist() { "$PY" -c 'import xdist' >/dev/null 2>&1; }
 run_pytest() {  # log name, xdist workers, per-test limit (s; PER_TEST_S overrides), pytest arguments...
   local name=$1 workers=$2 per_test=${PER_TEST_S:-$3}
   shift 3
-  local args=(-q -p no:cacheprovider -p bench.pytest_stage_timeout --per-test-timeout "$per_test" -rfEs)
+  local args=(-q -p no:cacheprovider -p generalist_trainer.bench.pytest_stage_timeout --per-test-timeout "$per_test" -rfEs)
   if [ "$workers" -gt 1 ] && have_xdist; then args+=(-n "$workers"); fi
   "$PY" -m pytest "${args[@]}" "$@" 2>&1 | tee "$STATE/$name.log"
   local rc=${PIPESTATUS[0]}
   local outcome
-  outcome=$("$PY" -m bench.gpu_stages pytest-outcome "$STATE/$name.log") || outcome="no pytest summary line"
+  outcome=$("$PY" -m generalist_trainer.bench.gpu_stages pytest-outcome "$STATE/$name.log") || outcome="no pytest summary line"
   detail "$outcome"
   return "$rc"
 }
 
 stage_setup() {
-  "$PY" -m bench.gpu_stages versions "$SUMMARY"
+  "$PY" -m generalist_trainer.bench.gpu_stages versions "$SUMMARY"
   local rc=$?
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.memory --format=csv
@@ -125,14 +125,14 @@ kernel_bench_with() {
   # One process per op and part, each writing its rows when it ends, so that a time limit costs only the part
   # it cut; the parts with targets (L-inf step, averaging) first.
   # shellcheck disable=SC2086  # PGD_ARGS / AVG_ARGS are lists of flags
-  "$PY" -m bench.bench_pgd_step --ops linf --providers "$providers" ${out[@]+"${out[@]}"} ${PGD_ARGS:-} || rc=1
+  "$PY" -m generalist_trainer.bench.bench_pgd_step --ops linf --providers "$providers" ${out[@]+"${out[@]}"} ${PGD_ARGS:-} || rc=1
   # shellcheck disable=SC2086
-  "$PY" -m bench.bench_averaging --no-resnet18 --providers "$providers" ${out[@]+"${out[@]}"} ${AVG_ARGS:-} || rc=1
+  "$PY" -m generalist_trainer.bench.bench_averaging --no-resnet18 --providers "$providers" ${out[@]+"${out[@]}"} ${AVG_ARGS:-} || rc=1
   # shellcheck disable=SC2086
-  "$PY" -m bench.bench_averaging --sizes none --providers "$providers$2" ${out[@]+"${out[@]}"} ${AVG_ARGS:-} || rc=1
+  "$PY" -m generalist_trainer.bench.bench_averaging --sizes none --providers "$providers$2" ${out[@]+"${out[@]}"} ${AVG_ARGS:-} || rc=1
   for op in random_start l2; do
     # shellcheck disable=SC2086
-    "$PY" -m bench.bench_pgd_step --ops "$op" --providers "$providers" ${out[@]+"${out[@]}"} ${PGD_ARGS:-} || rc=1
+    "$PY" -m generalist_trainer.bench.bench_pgd_step --ops "$op" --providers "$providers" ${out[@]+"${out[@]}"} ${PGD_ARGS:-} || rc=1
   done
   return "$rc"
 }
@@ -144,20 +144,20 @@ stage_e2e() {
   local out
   mapfile -t out < <(out_args)
   # shellcheck disable=SC2086  # E2E_ARGS is a list of flags
-  "$PY" -m bench.bench_end_to_end --device cuda ${out[@]+"${out[@]}"} ${E2E_ARGS:-}
+  "$PY" -m generalist_trainer.bench.bench_end_to_end --device cuda ${out[@]+"${out[@]}"} ${E2E_ARGS:-}
 }
 
 stage_e2e_extras() {
   local out
   mapfile -t out < <(out_args)
   # shellcheck disable=SC2086
-  "$PY" -m bench.bench_end_to_end --device cuda --mfu-batch 128 --no-breakdown --extra graphs,compile \
+  "$PY" -m generalist_trainer.bench.bench_end_to_end --device cuda --mfu-batch 128 --no-breakdown --extra graphs,compile \
     ${out[@]+"${out[@]}"} ${EXTRA_ARGS:-}
 }
 
 stage_profile() {
   local trace=$STATE/trace.json
-  "$PY" -m trainer profile --steps 3 --top 30 --out "$trace" \
+  "$PY" -m generalist_trainer profile --steps 3 --top 30 --out "$trace" \
     data.dataset=synthetic "data.synthetic_shape=[3, 32, 32]" data.synthetic_train_size=5120 \
     data.synthetic_test_size=16 data.val_size=0 data.batch_size=128 model.arch=resnet18 method.name=generalist \
     attack.steps=10 train.device=cuda || return 1
@@ -271,7 +271,7 @@ run_stage() {  # name limit needs_cuda
   if [ "$cuda" = 1 ] && [ "$(cat "$STATE/cuda" 2>/dev/null)" != 1 ]; then
     if [ -n "${DRY_RUN:-}" ]; then status="skipped: dry run, no CUDA device"; else status="skipped: no CUDA device (setup)"; fi
     echo "== $name: $status"
-    "$PY" -m bench.gpu_stages record "$SUMMARY" "$name" "$status" 0
+    "$PY" -m generalist_trainer.bench.gpu_stages record "$SUMMARY" "$name" "$status" 0
     return
   fi
   echo "== $name (limit $limit s; t = $((SECONDS - T0)) s)"
@@ -288,7 +288,7 @@ run_stage() {  # name limit needs_cuda
   esac
   [ "$rc" = 0 ] || FAILED=1
   echo "== $name: $status${info:+ ($info)} in $seconds s"
-  "$PY" -m bench.gpu_stages record "$SUMMARY" "$name" "$status" "$seconds" "$info"
+  "$PY" -m generalist_trainer.bench.gpu_stages record "$SUMMARY" "$name" "$status" "$seconds" "$info"
   case "$name" in  # the test outcomes go into the benchmarks' results files (meta.engine_tests / kernel_tests)
     gpu_tests) export BENCH_ENGINE_TESTS="$status${info:+: $info}" ;;
     kernel_tests) export BENCH_KERNEL_TESTS="$status${info:+: $info}" ;;
@@ -312,7 +312,7 @@ main() {
     "results in $OUT_DIR"
   [ "$COMMIT" = unknown ] && echo "WARNING: no BENCH_GIT_COMMIT and no .git: the results will say commit 'unknown'"
   [ "$budget" -gt 540 ] && echo "WARNING: $budget s of stage limits do not fit one 600 s device command"
-  "$PY" -m bench.gpu_stages init "$SUMMARY" --commit "$COMMIT" --plan "$plan" ${DRY_RUN:+--dry-run} || return 1
+  "$PY" -m generalist_trainer.bench.gpu_stages init "$SUMMARY" --commit "$COMMIT" --plan "$plan" ${DRY_RUN:+--dry-run} || return 1
   T0=$SECONDS
   FAILED=0
   while read -r name limit cuda group; do
@@ -320,9 +320,9 @@ main() {
     local var="T_${name^^}"
     selected "$name" "$group" && run_stage "$name" "${!var:-$limit}" "$cuda"
   done <<< "$STAGE_TABLE"
-  "$PY" -m bench.gpu_stages finish "$SUMMARY"
+  "$PY" -m generalist_trainer.bench.gpu_stages finish "$SUMMARY"
   echo "== done in $((SECONDS - T0)) s; stages.json:"
-  "$PY" -m bench.gpu_stages table "$SUMMARY"
+  "$PY" -m generalist_trainer.bench.gpu_stages table "$SUMMARY"
   return "$FAILED"
 }
 

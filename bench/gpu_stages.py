@@ -1,11 +1,11 @@
 """Bookkeeping for bench/gpu_all.sh: the stages summary JSON, the version probe, pytest outcome lines.
 
-    python -m bench.gpu_stages init FILE --commit SHA --plan "name:limit:selected:cuda,..."
-    python -m bench.gpu_stages versions FILE        # torch / triton / CUDA / device into FILE; exit 3 without CUDA
-    python -m bench.gpu_stages record FILE NAME STATUS SECONDS [DETAIL]
-    python -m bench.gpu_stages finish FILE
-    python -m bench.gpu_stages table FILE           # the stages as a plain table
-    python -m bench.gpu_stages pytest-outcome LOG   # "N passed, M skipped" from a pytest log; exit 1 if none
+    python -m generalist_trainer.bench.gpu_stages init FILE --commit SHA --plan "name:limit:selected:cuda,..."
+    python -m generalist_trainer.bench.gpu_stages versions FILE       # torch/triton/CUDA/device into FILE; 3: no CUDA
+    python -m generalist_trainer.bench.gpu_stages record FILE NAME STATUS SECONDS [DETAIL]
+    python -m generalist_trainer.bench.gpu_stages finish FILE
+    python -m generalist_trainer.bench.gpu_stages table FILE           # the stages as a plain table
+    python -m generalist_trainer.bench.gpu_stages pytest-outcome LOG  # "N passed, M skipped" of a pytest log; 1: none
 
 FILE is rewritten atomically after every change, so what the device machine sends back at any moment is a
 complete JSON document: the script, commit, versions, the stage plan with each stage's limit, and each

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.bench_averaging import state_dict_per_key_update
-from trainer.data import ArrayDataset
-from trainer.engine.phases import phase
+from ..trainer.data import ArrayDataset
+from ..trainer.engine.phases import phase
+from .bench_averaging import state_dict_per_key_update
 
 
 class AugmentedImages(torch.utils.data.Dataset):

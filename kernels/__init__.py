@@ -20,9 +20,9 @@ The ops are registered with torch.library (namespace generalist_kernels), so tor
 through them. They update their outputs in place outside autograd.
 """
 
-from kernels.dispatch import KernelUnavailableError, resolve_policy, set_default_policy
-from kernels.flat_arena import FlatArena
-from kernels.ops import generalist_average_, lerp_, pgd_l2_step_, pgd_linf_step_, pgd_random_start
+from .dispatch import KernelUnavailableError, resolve_policy, set_default_policy
+from .flat_arena import FlatArena
+from .ops import generalist_average_, lerp_, pgd_l2_step_, pgd_linf_step_, pgd_random_start
 
 __all__ = [
     "FlatArena",

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from kernels.dispatch import KernelUnavailableError
-from kernels.layout import sample_stride
+from .dispatch import KernelUnavailableError
+from .layout import sample_stride
 
 LIB_ENV = "GENERALIST_KERNELS_CUDA_LIB"
 LIB_NAME = "libgeneralist_kernels_cuda.so"

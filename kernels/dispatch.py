@@ -126,7 +126,7 @@ def resolve_policy(policy: str | None, *tensors: torch.Tensor | None) -> str:
         raise KernelUnavailableError(
             f"policy 'cuda' asked for, but the tensors are on {device.type}; the native library runs on CUDA "
             "devices only")
-    from kernels import cuda_native
+    from . import cuda_native
 
     cuda_native.load()  # raises KernelUnavailableError naming what is missing
     return "cuda"

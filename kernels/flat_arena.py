@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kernels.layout import is_dense
+from .layout import is_dense
 
 _ALIGN = 16
 

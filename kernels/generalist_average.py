@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.dispatch import HAS_TRITON, tl, triton
-from kernels.lerp import small_weight
+from .dispatch import HAS_TRITON, tl, triton
+from .lerp import small_weight
 
 # Five fp32 streams per element: 2048 elements and 8 warps give each thread eight values per stream
 # (two 16-byte loads each) in flight.
@@ -41,7 +41,7 @@ def generalist_average_reference(theta_r: torch.Tensor, theta_n: torch.Tensor, s
 
 
 if HAS_TRITON:
-    from kernels.lerp import lerp_fp32
+    from .lerp import lerp_fp32
 
     @triton.jit
     def _generalist_average_kernel(

@@ -11,7 +11,7 @@ import struct
 
 import torch
 
-from kernels.dispatch import HAS_TRITON, tl, triton
+from .dispatch import HAS_TRITON, tl, triton
 
 _BLOCK = 4096
 _NUM_WARPS = 8

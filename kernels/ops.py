@@ -16,13 +16,13 @@ from typing import Optional
 
 import torch
 
-from kernels import cuda_native
-from kernels.dispatch import POLICIES, KernelUnavailableError, resolve_policy
-from kernels.generalist_average import generalist_average_reference, generalist_average_triton
-from kernels.layout import batch_outermost, is_dense, same_layout
-from kernels.lerp import lerp_reference, lerp_triton
-from kernels.pgd_l2_step import pgd_l2_step_reference, pgd_l2_step_triton
-from kernels.pgd_step import (
+from . import cuda_native
+from .dispatch import POLICIES, KernelUnavailableError, resolve_policy
+from .generalist_average import generalist_average_reference, generalist_average_triton
+from .layout import batch_outermost, is_dense, same_layout
+from .lerp import lerp_reference, lerp_triton
+from .pgd_l2_step import pgd_l2_step_reference, pgd_l2_step_triton
+from .pgd_step import (
     pgd_linf_step_reference,
     pgd_linf_step_triton,
     pgd_random_start_reference,

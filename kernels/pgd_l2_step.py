@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.dispatch import HAS_TRITON, tl, triton
-from kernels.layout import per_sample_view
+from .dispatch import HAS_TRITON, tl, triton
+from .layout import per_sample_view
 
 NORM_GUARD = 1e-12
 _MAX_BLOCK = 4096

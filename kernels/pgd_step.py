@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.dispatch import HAS_TRITON, tl, triton
-from kernels.layout import batch_outermost, per_sample_view, sample_stride
+from .dispatch import HAS_TRITON, tl, triton
+from .layout import batch_outermost, per_sample_view, sample_stride
 
 # Memory-bound: 4096 elements per program and 8 warps give each thread 16 elements (four 16-byte loads
 # per fp32 operand) in flight, enough to cover HBM latency without a grid-stride loop.

@@ -35,11 +35,11 @@ train() {  # $1 method, $2 dropout, $3 run folder
   [ -f "$run/DONE" ] && return 0
   if [ -f "$run/last.pt" ] || [ -f "$run/last.prev.pt" ]; then
     # A resumed run keeps its config; only train.* may change.
-    $PY -m trainer train --resume "$run" --no-eval train.epochs="$EPOCHS" train.threads=1 train.progress=false \
+    $PY -m generalist_trainer train --resume "$run" --no-eval train.epochs="$EPOCHS" train.threads=1 train.progress=false \
       >> "$log" 2>&1
   else
     # shellcheck disable=SC2086  # EXTRA is a list of overrides
-    $PY -m trainer train --config "configs/fashion_mnist_$1.yaml" --no-eval model.dropout="$2" \
+    $PY -m generalist_trainer train --config "configs/fashion_mnist_$1.yaml" --no-eval model.dropout="$2" \
       train.epochs="$EPOCHS" train.out_dir="$run" train.threads=1 train.progress=false $EXTRA > "$log" 2>&1
   fi
   [ -f "$run/DONE" ] || { echo "training $run did not finish; see $log" >&2; return 1; }
@@ -49,10 +49,10 @@ evaluate() {  # $1 run folder; each result file is computed once
   local run=$1 log="$1.eval.log" split out
   for split in test train; do
     out="$run/$([ "$split" = train ] && echo train_)eval_n$N.json"
-    [ -f "$out" ] || $PY -m trainer eval "$run" --which "$WHICH" --split "$split" --out "$out" \
+    [ -f "$out" ] || $PY -m generalist_trainer eval "$run" --which "$WHICH" --split "$split" --out "$out" \
       eval.num_points="$N" "eval.attacks=[clean, pgd]" eval.pgd_steps=20 >> "$log" 2>&1 || return 1
   done
-  [ -f "$run/lipschitz_n$LIP_N.json" ] || $PY -m trainer lipschitz "$run" --which "$WHICH" --split both \
+  [ -f "$run/lipschitz_n$LIP_N.json" ] || $PY -m generalist_trainer lipschitz "$run" --which "$WHICH" --split both \
     --num-points "$LIP_N" --out "$run/lipschitz_n$LIP_N.json" >> "$log" 2>&1 || return 1
 }
 

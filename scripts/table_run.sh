@@ -34,14 +34,14 @@ case $method in generalist_ducat) n_models="[global]" ;; *) n_models="[]" ;; esa
 
 if [ ! -f "$run/DONE" ]; then
   if [ -f "$run/last.pt" ]; then
-    $PY -m trainer train --resume "$run" --no-eval >> "$OUT/$method.train.log" 2>&1
+    $PY -m generalist_trainer train --resume "$run" --no-eval >> "$OUT/$method.train.log" 2>&1
   else
     # shellcheck disable=SC2086  # EXTRA is a list of overrides
-    $PY -m trainer train --config "configs/fashion_mnist_$method.yaml" --no-eval train.out_dir="$run" \
+    $PY -m generalist_trainer train --config "configs/fashion_mnist_$method.yaml" --no-eval train.out_dir="$run" \
       train.threads=1 train.progress=false train.checkpoint_every_steps=20 $EXTRA > "$OUT/$method.train.log" 2>&1
   fi
 fi
-[ -f "$run/eval_n$N.json" ] || $PY -m trainer eval "$run" --which "$which" --out "$run/eval_n$N.json" \
+[ -f "$run/eval_n$N.json" ] || $PY -m generalist_trainer eval "$run" --which "$which" --out "$run/eval_n$N.json" \
   eval.num_points="$N" "eval.attacks=[$attacks]" "eval.models=$n_models" >> "$OUT/$method.eval.log" 2>&1
-[ -f "$run/eval_aa$AA_N.json" ] || $PY -m trainer eval "$run" --which "$which" --out "$run/eval_aa$AA_N.json" \
+[ -f "$run/eval_aa$AA_N.json" ] || $PY -m generalist_trainer eval "$run" --which "$which" --out "$run/eval_aa$AA_N.json" \
   eval.num_points="$AA_N" "eval.attacks=[clean, autoattack]" "eval.models=$aa_models" >> "$OUT/$method.eval.log" 2>&1

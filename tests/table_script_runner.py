@@ -1,6 +1,6 @@
 """Run the table scripts (scripts/fmnist_table.sh, scripts/ducat_table.sh) with a stand-in interpreter.
 
-The stand-in records every `python -m trainer ...` call, marks trainings DONE and writes the evaluation JSON
+The stand-in records every `python -m generalist_trainer ...` call, marks trainings DONE and writes the evaluation JSON
 it is given; anything else (the table printers) runs on the real interpreter.
 """
 
@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 FAKE_PY = r"""#!/usr/bin/env bash
-if [ "$1" != "-m" ] || [ "$2" != "trainer" ]; then exec "$REAL_PY" "$@"; fi
+if [ "$1" != "-m" ] || [ "$2" != "generalist_trainer" ]; then exec "$REAL_PY" "$@"; fi
 echo "$*" >> "$CALLS"
 cmd=$3; shift 3
 out=""; dir=""

@@ -38,8 +38,8 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from trainer.config import migrate_stored_config
-from trainer.errors import CheckpointError, ConfigError
+from .config import migrate_stored_config
+from .errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ def _no_resume_advice(run_dir: Path) -> str:
     config = run_dir / "config.yaml"
     if config.is_file():
         return (f"nothing was saved in {run_dir} yet (the run stopped before its first checkpoint); start it afresh "
-                f"there with: python -m trainer train --config {shlex.quote(str(config))}")
+                f"there with: python -m generalist_trainer train --config {shlex.quote(str(config))}")
     return f"{run_dir} holds no run (no config.yaml either)"
 
 
@@ -518,7 +518,7 @@ def load_export(export_dir: str | Path, device: str | torch.device = "cpu") -> n
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from trainer.model_loading import model_from_metadata
+    from .model_loading import model_from_metadata
 
     folder = Path(export_dir)
     config_path, weights_path = folder / "config.json", folder / "model.safetensors"

@@ -1,18 +1,18 @@
-"""Command line: `python -m trainer train | eval | export | sweep | lipschitz | separation | report | study`.
+"""Command line: `python -m generalist_trainer train | eval | export | sweep | lipschitz | separation | report | study`.
 
-    python -m trainer train --config configs/fashion_mnist_generalist.yaml train.epochs=3 attack.eps=0.1
-    python -m trainer train --resume runs/fmnist_generalist          # continue exactly where it stopped
-    python -m trainer train --resume runs/fmnist_generalist --change-length train.epochs=150
-    python -m trainer eval runs/fmnist_generalist --which best eval.num_points=1000
-    python -m trainer eval runs/fmnist_generalist --split train eval.num_points=1000   # train-test gaps
-    python -m trainer export runs/fmnist_generalist --out exported/
-    python -m trainer eval --model-export exported/ eval.num_points=1000    # no run folder needed
-    python -m trainer sweep runs/fmnist_generalist --num-points 500      # PGD accuracy against eps
-    python -m trainer lipschitz runs/fmnist_generalist --split both --num-points 1000
-    python -m trainer separation --dataset fashion-mnist --eps 0.1       # whole dataset, GPU when present
-    python -m trainer report runs/table/* --out reports/table.md
-    python -m trainer study configs/studies/fashion_mnist.yaml           # a resumable grid with intervals
-    python -m trainer profile --config configs/fashion_mnist_generalist.yaml --steps 5 --out trace.json
+    python -m generalist_trainer train --config configs/fashion_mnist_generalist.yaml train.epochs=3 attack.eps=0.1
+    python -m generalist_trainer train --resume runs/fmnist_generalist          # continue exactly where it stopped
+    python -m generalist_trainer train --resume runs/fmnist_generalist --change-length train.epochs=150
+    python -m generalist_trainer eval runs/fmnist_generalist --which best eval.num_points=1000
+    python -m generalist_trainer eval runs/fmnist_generalist --split train eval.num_points=1000   # train-test gaps
+    python -m generalist_trainer export runs/fmnist_generalist --out exported/
+    python -m generalist_trainer eval --model-export exported/ eval.num_points=1000    # no run folder needed
+    python -m generalist_trainer sweep runs/fmnist_generalist --num-points 500      # PGD accuracy against eps
+    python -m generalist_trainer lipschitz runs/fmnist_generalist --split both --num-points 1000
+    python -m generalist_trainer separation --dataset fashion-mnist --eps 0.1       # whole dataset, GPU when present
+    python -m generalist_trainer report runs/table/* --out reports/table.md
+    python -m generalist_trainer study configs/studies/fashion_mnist.yaml           # a resumable grid with intervals
+    python -m generalist_trainer profile --config configs/fashion_mnist_generalist.yaml --steps 5 --out trace.json
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import NoReturn
 
 import yaml
 
-from trainer.checkpoint import LAST, check_output_file, check_output_folder, load_checkpoint, load_resume_state
-from trainer.config import (
+from .checkpoint import LAST, check_output_file, check_output_folder, load_checkpoint, load_resume_state
+from .config import (
     LOADERS,
     EvalConfig,
     RunConfig,
@@ -41,7 +41,7 @@ from trainer.config import (
     refuse_renamed_override,
     to_dict,
 )
-from trainer.errors import CheckpointError, ConfigError, Interrupted, TrainerError
+from .errors import CheckpointError, ConfigError, Interrupted, TrainerError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,15 +113,15 @@ def _eval_overrides(overrides: list[str], state: dict | None) -> EvalConfig:
 
 
 def _is_rank0() -> bool:
-    from trainer.distributed import launch_env
+    from .distributed import launch_env
 
     return launch_env().rank == 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainer.eval.saved_models import evaluate_checkpoint, results_table
-    from trainer.run_lock import acquire_run_folder
-    from trainer.training import train
+    from .eval.saved_models import evaluate_checkpoint, results_table
+    from .run_lock import acquire_run_folder
+    from .training import train
 
     if args.data_dir:
         args.overrides = [*args.overrides, f"data.data_dir={args.data_dir}"]
@@ -161,15 +161,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                 report = evaluate_checkpoint(result.run_dir, which="best")
             except KeyboardInterrupt:
                 raise Interrupted(f"interrupted during the final evaluation; training is complete; evaluate with: "
-                                  f"python -m trainer eval {shlex.quote(str(result.run_dir))}") from None
+                                  f"python -m generalist_trainer eval {shlex.quote(str(result.run_dir))}") from None
             print(results_table(report))
             print(f"results: {report['written_to']}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from trainer.checkpoint import resolve_checkpoint
-    from trainer.eval.saved_models import evaluate_checkpoint, evaluate_export, results_table
+    from .checkpoint import resolve_checkpoint
+    from .eval.saved_models import evaluate_checkpoint, evaluate_export, results_table
 
     if args.run is not None and "=" in args.run and not Path(args.run).exists():
         # `eval --model-export DIR eval.num_points=16`: argparse hands the first override to the optional RUN.
@@ -205,7 +205,7 @@ def _check_out(args: argparse.Namespace, command: str) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from trainer.model_loading import export_checkpoint
+    from .model_loading import export_checkpoint
 
     check_output_folder(args.out, "export --out")
     weights = export_checkpoint(args.run, Path(args.out), which=args.which)
@@ -214,7 +214,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from trainer.analysis.run_analysis import sweep_checkpoint
+    from .analysis.run_analysis import sweep_checkpoint
 
     _check_out(args, "sweep")
     report = sweep_checkpoint(args.run, which=args.which, eps_values=args.eps, num_points=args.num_points,
@@ -229,7 +229,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_lipschitz(args: argparse.Namespace) -> int:
-    from trainer.analysis.run_analysis import lipschitz_checkpoint
+    from .analysis.run_analysis import lipschitz_checkpoint
 
     _check_out(args, "lipschitz")
     splits = ["train", "test"] if args.split == "both" else [args.split]
@@ -245,7 +245,7 @@ def cmd_lipschitz(args: argparse.Namespace) -> int:
 
 
 def cmd_separation(args: argparse.Namespace) -> int:
-    from trainer.analysis.run_analysis import dataset_separation
+    from .analysis.run_analysis import dataset_separation
 
     _check_out(args, "separation")
     report = dataset_separation(args.dataset, data_dir=args.data_dir, eps_values=args.eps, device=args.device,
@@ -263,7 +263,7 @@ def cmd_separation(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from trainer.analysis.report import write_report
+    from .analysis.report import write_report
 
     _check_out(args, "report")
     out = write_report(args.runs, Path(args.out), separation_files=args.separation or (),
@@ -273,7 +273,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from trainer.engine.profiling import profile_training
+    from .engine.profiling import profile_training
 
     _check_out(args, "profile")
     profile_training(load_config(args.config, args.overrides), steps=args.steps, warmup=args.warmup, out=args.out,
@@ -282,7 +282,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from trainer.study import StudyRunner, load_plan, write_summary
+    from .study import StudyRunner, load_plan, write_summary
 
     plan = load_plan(args.plan)
     status = 0
@@ -301,7 +301,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m trainer", description=__doc__,
+    parser = _Parser(prog="python -m generalist_trainer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 

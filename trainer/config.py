@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from trainer.errors import ConfigError
+from .errors import ConfigError
 
 # Training loaders (trainer/data/loaders.py); auto: gpu-resident when CUDA and the dataset fits, else cpu.
 LOADERS = ("auto", "cpu", "gpu", "dali", "torch")
@@ -321,7 +321,7 @@ def _check_optim(o: OptimConfig, name: str) -> None:
 
 def _ducat_methods() -> tuple[str, ...]:
     """Method names DUCAT wraps (natural training has no adversarial examples for the dummy classes)."""
-    from trainer.registry import method_flag, method_names
+    from .registry import method_flag, method_names
 
     return tuple(n for n in method_names() if method_flag(n, "supports_ducat"))
 
@@ -350,7 +350,7 @@ def _check_ducat(me: MethodConfig) -> None:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Raise ConfigError naming the first invalid field; return cfg unchanged otherwise."""
-    from trainer.registry import DATASETS, MODELS, OBJECTIVES, load_registrations, method_names
+    from .registry import DATASETS, MODELS, OBJECTIVES, load_registrations, method_names
 
     load_registrations()
     d, m, a, me, t, e = cfg.data, cfg.model, cfg.attack, cfg.method, cfg.train, cfg.eval
@@ -431,7 +431,7 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 def _check_engine(cfg: RunConfig) -> None:
     """What can be checked without the device; trainer/engine/settings.py checks the rest once it is known."""
-    from trainer.registry import method_flag, method_names
+    from .registry import method_flag, method_names
 
     en, me, t = cfg.engine, cfg.method, cfg.train
     _check(en.precision in PRECISIONS, "engine.precision", en.precision, f"one of {PRECISIONS}")

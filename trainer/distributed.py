@@ -32,8 +32,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.config import PROCESS_GROUPS
-from trainer.errors import ConfigError, MissingDependencyError, TrainerError
+from .config import PROCESS_GROUPS
+from .errors import ConfigError, MissingDependencyError, TrainerError
 
 # Written by rank 0 at the end of a distributed run: every rank's SHA-256 of every network.
 REPLICAS_FILE = "replicas.json"

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.engine.step_metrics import Snapshot, StepAccumulator
-from trainer.errors import TrainerError
+from .engine.step_metrics import Snapshot, StepAccumulator
+from .errors import TrainerError
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from trainer.checkpoint import atomic_write
+from .checkpoint import atomic_write
 
 
 class MetricsLogger:

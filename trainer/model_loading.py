@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.checkpoint import check_output_folder, export_safetensors, load_checkpoint, load_export, resolve_checkpoint
-from trainer.config import ModelConfig, from_dict
-from trainer.errors import CheckpointError, ConfigError
-from trainer.eval.class_fold import FoldedLogits
-from trainer.models import build_model
-from trainer.session import checkpoint_metadata
+from .checkpoint import check_output_folder, export_safetensors, load_checkpoint, load_export, resolve_checkpoint
+from .config import ModelConfig, from_dict
+from .errors import CheckpointError, ConfigError
+from .eval.class_fold import FoldedLogits
+from .models import build_model
+from .session import checkpoint_metadata
 
 EXPORT_FILES = ("config.json", "model.safetensors")
 
@@ -80,7 +80,7 @@ def load_model(path: str | Path, which: str = "best", device: str | torch.device
     """A trained model in eval mode on `device`: [0,1] NCHW inputs, (N, C) logits, normalisation inside.
 
     `path`: a run folder (its best.pt, or last.pt with which="last"), a checkpoint file, or an export folder
-    (`python -m trainer export`). `name` picks another of the run's evaluated models (Generalist: "robust" or
+    (`python -m generalist_trainer export`). `name` picks another of the run's evaluated models (Generalist: "robust" or
     "natural"; default: the shipped one, the global learner). A DUCAT model returns the max-folded C logits,
     exactly what was evaluated. Reads no dataset, unless the checkpoint was written before checkpoints carried
     the model's metadata (then its dataset must be where it was, and a note is logged).

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 
 import torch
 
-from trainer.config import OptimConfig
-from trainer.errors import ConfigError, MissingDependencyError
+from .config import OptimConfig
+from .errors import ConfigError, MissingDependencyError
 
 APEX_INSTALL = ("pip install -v --no-build-isolation --config-settings '--build-option=--cpp_ext' "
                 "--config-settings '--build-option=--cuda_ext' git+https://github.com/NVIDIA/apex")

@@ -67,12 +67,12 @@ METHODS: Registry = Registry("method")
 DATASETS: Registry = Registry("dataset")
 
 # The modules whose import registers the built-in parts.
-_BUILTIN = ("trainer.models", "trainer.objectives", "trainer.methods", "trainer.data")
+_BUILTIN = (".models", ".objectives", ".methods", ".data")
 
 
 def load_registrations() -> None:
     for module in _BUILTIN:
-        importlib.import_module(module)
+        importlib.import_module(module, __package__)
 
 
 def method_names() -> tuple[str, ...]:

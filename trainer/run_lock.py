@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.errors import RunFolderInUse
+from .errors import RunFolderInUse
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def _read_holder(fd: int) -> dict | None:
 
 def _in_use_message(run_dir: Path, holder: dict | None) -> str:
     advice = ("one process writes a run folder at a time: wait for it to end, or stop it (a stopped run continues "
-              f"with: python -m trainer train --resume {run_dir}), or choose another train.out_dir")
+              f"with: python -m generalist_trainer train --resume {run_dir}), or choose another train.out_dir")
     if holder is None:
         return f"run folder {run_dir} is in use by another process (it has not recorded its PID yet); {advice}"
     pid, host = holder.get("pid"), holder.get("host")

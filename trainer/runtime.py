@@ -8,8 +8,8 @@ import random
 import numpy as np
 import torch
 
-from trainer.distributed import launch_env, process_device
-from trainer.errors import ConfigError
+from .distributed import launch_env, process_device
+from .errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:

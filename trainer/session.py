@@ -9,14 +9,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainer.checkpoint import load_checkpoint
-from trainer.config import RunConfig, config_from_dict
-from trainer.data import ArrayDataset, DataSplits, load_splits
-from trainer.errors import CheckpointError, DatasetError
-from trainer.eval.class_fold import FoldedLogits
-from trainer.methods import Method, build_method
-from trainer.models import build_model
-from trainer.runtime import resolve_device
+from .checkpoint import load_checkpoint
+from .config import RunConfig, config_from_dict
+from .data import ArrayDataset, DataSplits, augmentation_defaults, build_train_loader, load_splits
+from .errors import CheckpointError, ConfigError, DatasetError
+from .eval.class_fold import FoldedLogits
+from .methods import Method, build_method
+from .models import build_model
+from .runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,24 @@ class Session:
     method: Method
     # model_metadata(cfg, splits.train, method): saved in every checkpoint.
     metadata: dict
+
+    def augmentation(self) -> tuple[int, bool]:
+        """(crop padding, horizontal flip) of the training loader: the config's, else the dataset's defaults."""
+        pad_default, flip_default = augmentation_defaults(self.cfg.data.dataset, self.splits.train.image_size)
+        data = self.cfg.data
+        return (pad_default if data.crop_padding is None else data.crop_padding,
+                flip_default if data.flip is None else data.flip)
+
+    def train_loader(self, rank: int = 0, world_size: int = 1):
+        """The shuffled, augmented, drop_last training loader of this run (training and `trainer profile` both
+        use it). data.batch_size is the global batch: under torchrun each rank loads its slice of it."""
+        padding, flip = self.augmentation()
+        loader = build_train_loader(self.cfg.data, self.splits.train, device=self.device, seed=self.cfg.train.seed,
+                                    padding=padding, flip=flip, rank=rank, world_size=world_size)
+        if len(loader) == 0:
+            raise ConfigError(f"config field 'data.batch_size' = {self.cfg.data.batch_size}: larger than the "
+                              f"{len(self.splits.train)} training images (drop_last leaves no batch)")
+        return loader
 
 
 def model_metadata(cfg: RunConfig, dataset: ArrayDataset, method: Method) -> dict:
@@ -86,6 +104,7 @@ def open_session(cfg: RunConfig) -> Session:
     # All networks of a method come from one initialisation drawn right after seeding.
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg, model_factory, device)
+    method.set_training_size(len(splits.train))  # per-sample state indexed by dataset index (IAT)
     return Session(cfg, device, splits, method, model_metadata(cfg, ref, method))
 
 

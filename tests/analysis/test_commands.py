@@ -1,4 +1,4 @@
-"""`python -m trainer sweep | lipschitz | separation | report` end to end on a tiny synthetic run."""
+"""`python -m generalist_trainer sweep | lipschitz | separation | report` end to end on a tiny synthetic run."""
 
 import json
 import shutil
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-from trainer.cli import main
-from trainer.config import DataConfig
-from trainer.data import load_dataset
+from generalist_trainer.trainer.cli import main
+from generalist_trainer.trainer.config import DataConfig
+from generalist_trainer.trainer.data import load_dataset
 
 TINY = [
     "data.dataset=synthetic", "data.synthetic_shape=[1, 12, 12]", "data.synthetic_train_size=224",

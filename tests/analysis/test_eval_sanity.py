@@ -6,11 +6,11 @@ import warnings
 import pytest
 import torch
 
-from trainer.analysis.sanity import RobustnessSanityWarning
-from trainer.checkpoint import BEST, load_checkpoint, save_checkpoint
-from trainer.config import EvalConfig, load_config
-from trainer.eval.saved_models import evaluate_checkpoint
-from trainer.training import train
+from generalist_trainer.trainer.analysis.sanity import RobustnessSanityWarning
+from generalist_trainer.trainer.checkpoint import BEST, load_checkpoint, save_checkpoint
+from generalist_trainer.trainer.config import EvalConfig, load_config
+from generalist_trainer.trainer.eval.saved_models import evaluate_checkpoint
+from generalist_trainer.trainer.training import train
 
 TINY = [
     "data.dataset=synthetic", "data.synthetic_shape=[1, 12, 12]", "data.synthetic_train_size=224",
@@ -64,7 +64,7 @@ def test_result_checks_run_on_each_models_accuracies(run, tmp_path, monkeypatch)
         seen["points"] = len(x)
         return {name: {"clean": 0.9, "pgd2": 0.3, "autoattack": 0.5} for name in models}
 
-    monkeypatch.setattr("trainer.eval.saved_models.evaluate_models", fake_evaluate_models)
+    monkeypatch.setattr("generalist_trainer.trainer.eval.saved_models.evaluate_models", fake_evaluate_models)
     with pytest.warns(RobustnessSanityWarning, match="autoattack_above_pgd"):
         report = evaluate_checkpoint(run, eval_cfg=EVAL, out=tmp_path / "aa.json")
     assert seen["points"] == 32

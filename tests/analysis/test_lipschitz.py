@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.analysis.lipschitz import LipschitzConfig, lipschitz_ratio, local_lipschitz
-from trainer.config import ModelConfig
-from trainer.errors import ConfigError
-from trainer.models import build_model
+from generalist_trainer.trainer.analysis.lipschitz import LipschitzConfig, lipschitz_ratio, local_lipschitz
+from generalist_trainer.trainer.config import ModelConfig
+from generalist_trainer.trainer.errors import ConfigError
+from generalist_trainer.trainer.models import build_model
 
 SHAPE = (1, 6, 8)  # 48 pixels
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.analysis.report import (
+from generalist_trainer.trainer.analysis.report import (
     RunRecord,
     epoch_curve,
     group_runs,

@@ -11,15 +11,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from trainer.checkpoint import LAST, load_checkpoint
-from trainer.config import ModelConfig, load_config
-from trainer.errors import ConfigError
-from trainer.methods import AdversarialTraining, build_method, method_class
-from trainer.models import build_model
-from trainer.objectives.rst import RST
-from trainer.registry import OBJECTIVES, method_names
-from trainer.session import open_session
-from trainer.training import train, validate
+from generalist_trainer.trainer.checkpoint import LAST, load_checkpoint
+from generalist_trainer.trainer.config import ModelConfig, load_config
+from generalist_trainer.trainer.errors import ConfigError
+from generalist_trainer.trainer.methods import AdversarialTraining, build_method, method_class
+from generalist_trainer.trainer.models import build_model
+from generalist_trainer.trainer.objectives.rst import RST
+from generalist_trainer.trainer.registry import OBJECTIVES, method_names
+from generalist_trainer.trainer.session import open_session
+from generalist_trainer.trainer.training import train, validate
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.analysis.eps_sweep import accuracy_vs_eps
-from trainer.analysis.sanity import (
+from generalist_trainer.trainer.analysis.eps_sweep import accuracy_vs_eps
+from generalist_trainer.trainer.analysis.sanity import (
     CHECKS,
     RobustnessSanityWarning,
     check_accuracy_vs_eps,
@@ -20,8 +20,8 @@ from trainer.analysis.sanity import (
     model_checks,
     run_sanity_checks,
 )
-from trainer.config import ModelConfig
-from trainer.models import build_model
+from generalist_trainer.trainer.config import ModelConfig
+from generalist_trainer.trainer.models import build_model
 
 LEVELS = torch.tensor([0.2, 0.5, 0.8])
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.analysis.separation import block_sizes, nearest_other_label, separation, summarize
-from trainer.errors import DatasetError
+from generalist_trainer.trainer.analysis.separation import block_sizes, nearest_other_label, separation, summarize
+from generalist_trainer.trainer.errors import DatasetError
 
 SHAPE = (4, 4, 3)  # (H, W, C) like the dataset arrays: 48 pixels
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.config import ModelConfig
-from trainer.models import build_model
+from generalist_trainer.trainer.config import ModelConfig
+from generalist_trainer.trainer.models import build_model
 
 CLASSES = 4
 SIZE = 16

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.attacks import PGD, Attack, CWLinf, TradesKL, build_train_attack, eval_mode
-from trainer.attacks.cw import cw_margin
-from trainer.config import AttackConfig
+from generalist_trainer.trainer.attacks import PGD, Attack, CWLinf, TradesKL, build_train_attack, eval_mode
+from generalist_trainer.trainer.attacks.cw import cw_margin
+from generalist_trainer.trainer.config import AttackConfig
 
 EPS_INF = 0.1
 EPS_L2 = 1.0

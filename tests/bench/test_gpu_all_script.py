@@ -46,7 +46,7 @@ def write(directory, name, payload):
         runs.append(payload)
         json.dump(runs, open(path, "w"))
 
-if mod == "bench.gpu_stages" and args[2] == "versions":
+if mod == "generalist_trainer.bench.gpu_stages" and args[2] == "versions":
     path = args[3]
     data = json.load(open(path))
     data["versions"] = {{"torch": "2.11.0+stand-in", "triton": "3.6.0", "cuda_available": True,
@@ -57,16 +57,16 @@ elif mod == "pytest":
     print("3 passed, 1 skipped in 0.1s")
     if "tests/data/test_dali_loader.py" in args:
         print(os.environ.get("FAKE_DALI_TESTS", "5 passed in 0.2s"))
-elif mod in ("bench.bench_pgd_step", "bench.bench_averaging"):
+elif mod in ("generalist_trainer.bench.bench_pgd_step", "generalist_trainer.bench.bench_averaging"):
     write(opt("--out-dir"), "2026-01-01-stand-in-h200.json",
           {{"benchmark": mod, "args": args, "commit": os.environ.get("BENCH_GIT_COMMIT"),
            "kernel_tests": os.environ.get("BENCH_KERNEL_TESTS")}})
-elif mod == "bench.bench_end_to_end":
+elif mod == "generalist_trainer.bench.bench_end_to_end":
     write(opt("--out-dir"), "2026-01-01-stand-in-h200-end-to-end.json",
           {{"args": args, "engine_tests": os.environ.get("BENCH_ENGINE_TESTS")}})
-elif mod == "trainer" and args[2] == "profile":
+elif mod == "generalist_trainer" and args[2] == "profile":
     open(opt("--out"), "w").write('{{"traceEvents": []}}')
-elif mod == "trainer":
+elif mod == "generalist_trainer":
     os.execv("/bin/bash", ["bash", os.environ["TABLE_FAKE"], *args])
 elif mod == "pip":
     if opt("--target"):
@@ -182,17 +182,17 @@ def test_every_core_stage_runs_in_order_and_writes_its_results(tmp_path):
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     order = [next(i for i, c in enumerate(calls) if key in c) for key in
              ("gpu_stages versions", "cmake -S", "-m gpu tests", "tests/kernels", "bench.bench_pgd_step",
-              "bench.bench_end_to_end", "trainer profile")]
+              "bench.bench_end_to_end", "generalist_trainer profile")]
     assert order == sorted(order), calls
     pytest_calls = [c for c in calls if c.startswith("-m pytest")]
-    assert all("--per-test-timeout" in c and "bench.pytest_stage_timeout" in c for c in pytest_calls)
+    assert all("--per-test-timeout" in c and "generalist_trainer.bench.pytest_stage_timeout" in c for c in pytest_calls)
     assert all("-n" in c.split() for c in pytest_calls), "xdist is importable in the stand-in: tests run in parallel"
     assert "--ignore=tests/kernels/test_sm90_compile.py" in next(c for c in calls if "tests/kernels" in c)
 
 
 def test_a_failing_or_hanging_stage_does_not_stop_the_next(tmp_path):
-    proc, summary = _run(tmp_path, FAKE_CMAKE_FAIL="1", FAKE_FAIL="bench.bench_end_to_end", FAKE_HANG="trainer",
-                         T_PROFILE="2")
+    proc, summary = _run(tmp_path, FAKE_CMAKE_FAIL="1", FAKE_FAIL="generalist_trainer.bench.bench_end_to_end",
+                         FAKE_HANG="generalist_trainer", T_PROFILE="2")
     assert proc.returncode == 1
     status = _status(summary)
     assert status["native_build"].startswith("failed"), status
@@ -282,7 +282,8 @@ def test_per_test_timeout_fails_the_slow_test_and_goes_on(tmp_path):
             assert True
     """))
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
-                           "bench.pytest_stage_timeout", "--per-test-timeout", "0.5", str(tmp_path / "test_slow.py")],
+                           "generalist_trainer.bench.pytest_stage_timeout", "--per-test-timeout", "0.5",
+                           str(tmp_path / "test_slow.py")],
                           cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1

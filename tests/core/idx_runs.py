@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from generalist_trainer.trainer.config import RunConfig, load_config
 from tests.data.file_formats import write_idx_dataset
-from trainer.config import RunConfig, load_config
 
 SIDE = 12
 

@@ -7,10 +7,10 @@ import stat
 import pytest
 import torch
 
-from trainer.checkpoint import LAST, atomic_write, load_checkpoint
-from trainer.config import load_config
-from trainer.errors import CheckpointError, ConfigError
-from trainer.training import train
+from generalist_trainer.trainer.checkpoint import LAST, atomic_write, load_checkpoint
+from generalist_trainer.trainer.config import load_config
+from generalist_trainer.trainer.errors import CheckpointError, ConfigError
+from generalist_trainer.trainer.training import train
 
 TINY = [
     "data.dataset=synthetic", "data.synthetic_shape=[1, 12, 12]", "data.synthetic_train_size=224",

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainer.cli import main
-from trainer.config import ModelConfig
-from trainer.models import build_model
+from generalist_trainer.trainer.cli import main
+from generalist_trainer.trainer.config import ModelConfig
+from generalist_trainer.trainer.models import build_model
 
 from .test_checkpoint_resume import TINY
 

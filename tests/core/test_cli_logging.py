@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from trainer.checkpoint import LAST, previous_version
-from trainer.cli import main
-from trainer.data import build_train_loader, load_splits
+from generalist_trainer.trainer.checkpoint import LAST, previous_version
+from generalist_trainer.trainer.cli import main
+from generalist_trainer.trainer.data import build_train_loader, load_splits
 
 from .test_checkpoint_resume import TINY, tiny_config
 

@@ -1,6 +1,6 @@
 import pytest
 
-from trainer.config import (
+from generalist_trainer.trainer.config import (
     RunConfig,
     Schedule,
     apply_overrides,
@@ -9,7 +9,7 @@ from trainer.config import (
     save_config,
     to_dict,
 )
-from trainer.errors import ConfigError
+from generalist_trainer.trainer.errors import ConfigError
 
 
 def test_defaults_validate_and_round_trip_through_yaml(tmp_path):

@@ -76,9 +76,9 @@ def method_digests(name: str) -> dict[str, str]:
 
 
 def run_digests(run_dir) -> dict[str, str]:
+    from generalist_trainer.trainer.checkpoint import load_checkpoint
+    from generalist_trainer.trainer.training import train
     from tests.reliability.runs import tiny_config
-    from trainer.checkpoint import load_checkpoint
-    from trainer.training import train
 
     train(tiny_config(run_dir, "method.name=generalist", "train.log_every_steps=1", "train.checkpoint_every_steps=3"))
     rows = list(csv.DictReader(io.StringIO((run_dir / "epochs.csv").read_text())))

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from trainer.cli import main
-from trainer.config import load_config
-from trainer.errors import ConfigError
-from trainer.eval.saved_models import evaluate_checkpoint
-from trainer.session import dataset_tensors, session_from_checkpoint
-from trainer.training import train
+from generalist_trainer.trainer.cli import main
+from generalist_trainer.trainer.config import load_config
+from generalist_trainer.trainer.errors import ConfigError
+from generalist_trainer.trainer.eval.saved_models import evaluate_checkpoint
+from generalist_trainer.trainer.session import dataset_tensors, session_from_checkpoint
+from generalist_trainer.trainer.training import train
 
 TINY = [
     "data.dataset=synthetic", "data.synthetic_shape=[1, 12, 12]", "data.synthetic_train_size=224",
@@ -29,7 +29,7 @@ def run(tmp_path_factory):
 
 
 def test_split_train_attacks_the_training_images_and_test_stays_the_default(run, capsys, monkeypatch):
-    import trainer.eval.saved_models as saved_models
+    import generalist_trainer.trainer.eval.saved_models as saved_models
 
     attacked = []
     real = saved_models.evaluate_models

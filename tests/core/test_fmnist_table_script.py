@@ -17,10 +17,10 @@ def test_trains_and_evaluates_the_four_runs_then_prints_the_table(tmp_path):
     calls = calls_of(tmp_path)
     for method in ("natural", "pgd_at", "trades", "generalist"):
         run = tmp_path / "table" / method
-        train = [c for c in calls if c.startswith("-m trainer train")
+        train = [c for c in calls if c.startswith("-m generalist_trainer train")
                  and f"configs/fashion_mnist_{method}.yaml" in c]
         assert len(train) == 1 and f"train.out_dir={run}" in train[0] and "train.threads=1" in train[0]
-        evals = [c for c in calls if c.startswith(f"-m trainer eval {run} ")]
+        evals = [c for c in calls if c.startswith(f"-m generalist_trainer eval {run} ")]
         assert len(evals) == 2 and all("--which best" in c for c in evals)
         main = next(c for c in evals if "eval_n1000.json" in c)
         # No adaptive attack for the plain rows; every model of the run (Generalist: all three).
@@ -41,9 +41,9 @@ def test_both_tables_in_one_queue_with_runs(tmp_path):
     proc = run_table_script("fmnist_table.sh", tmp_path, RESULT, RUNS=runs, JOBS="3")
     assert proc.returncode == 0, proc.stderr
     trained = {c.split("configs/fashion_mnist_")[1].split(".yaml")[0] for c in calls_of(tmp_path)
-               if c.startswith("-m trainer train")}
+               if c.startswith("-m generalist_trainer train")}
     assert trained == set(runs.split())
-    ducat_evals = [c for c in calls_of(tmp_path) if "_ducat " in c and c.startswith("-m trainer eval")]
+    ducat_evals = [c for c in calls_of(tmp_path) if "_ducat " in c and c.startswith("-m generalist_trainer eval")]
     assert len(ducat_evals) == 6 and all("--which last" in c for c in ducat_evals)
 
 

@@ -5,16 +5,16 @@ import copy
 import pytest
 import torch
 
-from trainer.config import GeneralistConfig, load_config
-from trainer.methods.generalist import Generalist
-from trainer.methods.generalist_schedule import (
+from generalist_trainer.trainer.config import GeneralistConfig, load_config
+from generalist_trainer.trainer.methods.generalist import Generalist
+from generalist_trainer.trainer.methods.generalist_schedule import (
     ema_decay,
     first_sync_epoch,
     is_sync_epoch,
     mix_beta,
     sync_period_epochs,
 )
-from trainer.models import build_model
+from generalist_trainer.trainer.models import build_model
 
 PAPER = GeneralistConfig()
 

@@ -2,7 +2,7 @@
 
 import csv
 
-from trainer.metrics import MetricsLogger
+from generalist_trainer.trainer.metrics import MetricsLogger
 
 
 def read(path):

@@ -1,5 +1,5 @@
 """Robust objectives as parts (issue 14): one step of every registered objective, alone and as Generalist's robust
-expert; MART and FAT against direct formulas; the registries as the only lists of names."""
+expert; MART and FAT against direct formulas (IAT: tests/core/test_iat.py); the registries as the only name lists."""
 
 from __future__ import annotations
 
@@ -9,19 +9,19 @@ import pytest
 import torch
 from torch import nn
 
+from generalist_trainer.trainer.attacks import EarlyStopPGD
+from generalist_trainer.trainer.errors import ConfigError
+from generalist_trainer.trainer.methods import build_method
+from generalist_trainer.trainer.objectives.mart import MART
+from generalist_trainer.trainer.registry import MODELS, OBJECTIVES, load_registrations
 from tests.engine.helpers import tiny_batch, tiny_config, tiny_method
-from trainer.attacks import EarlyStopPGD
-from trainer.errors import ConfigError
-from trainer.methods import build_method
-from trainer.objectives.mart import MART
-from trainer.registry import MODELS, OBJECTIVES, load_registrations
 
 load_registrations()
 OBJECTIVE_NAMES = OBJECTIVES.names()
 
 
 def test_the_seed_baselines_are_registered():
-    assert {"pgd_at", "trades", "rst", "mart", "fat"} <= set(OBJECTIVE_NAMES)
+    assert {"pgd_at", "trades", "rst", "mart", "fat", "iat"} <= set(OBJECTIVE_NAMES)
 
 
 @pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
@@ -36,7 +36,11 @@ def test_one_step_of_each_objective(objective, single_network):
     assert method.name == (objective if single_network else "generalist")
     method.start_epoch(1)
     before = {k: [p.detach().clone() for p in method.networks()[k].parameters()] for k in trained}
-    metrics = method.train_step(*tiny_batch())
+    index = None
+    if method.needs_sample_index:  # IAT keeps per-sample state: the batch's dataset indices
+        method.set_training_size(8)
+        index = torch.arange(8)
+    metrics = method.train_step(*tiny_batch(), index)
     assert metrics and all(math.isfinite(v) for v in metrics.values())
     for key in trained:
         after = list(method.networks()[key].parameters())
@@ -124,7 +128,7 @@ def test_fat_attack_stops_each_sample_tau_steps_past_the_boundary(tau):
 
 
 def test_fat_with_a_large_tau_is_pgd():
-    from trainer.attacks import PGD
+    from generalist_trainer.trainer.attacks import PGD
 
     net = _linear()
     gen = torch.Generator().manual_seed(3)
@@ -133,8 +137,23 @@ def test_fat_with_a_large_tau_is_pgd():
     torch.testing.assert_close(early, PGD(0.3, 0.05, 10, random_start=False)(net, x, y), rtol=0, atol=0)
 
 
+def test_fat_tau_follows_the_authors_dynamic_schedule():
+    from generalist_trainer.trainer.objectives.fat import scheduled_tau
+
+    # FAT.py (zjfheart/Friendly-Adversarial-Training): epoch <= 50 -> 0, <= 90 -> 1, else 2, of 120 epochs.
+    assert [scheduled_tau(e, 120, 0, True) for e in (1, 50, 51, 90, 91, 120)] == [0, 0, 1, 1, 2, 2]
+    assert [scheduled_tau(e, 3, 0, True) for e in (1, 2, 3)] == [0, 1, 2]
+    assert [scheduled_tau(e, 120, 3, False) for e in (1, 60, 120)] == [3, 3, 3]
+    method = tiny_method(method="fat")  # defaults: tau 0, dynamic, over the 8 epochs of the tiny config
+    taus = [method.start_epoch(e)["fat_tau"] for e in range(1, 9)]
+    assert taus == [0, 0, 0, 1, 1, 1, 2, 2] and method.objective.attack.tau == 2  # past 8 * 50/120, 8 * 90/120
+    fixed = tiny_method("method.fat.tau=3", "method.fat.dynamic_tau=false", method="fat")
+    assert {fixed.start_epoch(e)["fat_tau"] for e in range(1, 9)} == {3}
+
+
 @pytest.mark.parametrize("override, field_name", [("method.mart.beta=-1", "method.mart.beta"),
-                                                  ("method.fat.tau=-2", "method.fat.tau")])
+                                                  ("method.fat.tau=-2", "method.fat.tau"),
+                                                  ("method.fat.dynamic_tau=maybe", "method.fat.dynamic_tau")])
 def test_bad_objective_settings_name_their_field(override, field_name):
     with pytest.raises(ConfigError, match=field_name.replace(".", r"\.")):
         tiny_config(override)
@@ -166,7 +185,7 @@ def registered_model():
 
 
 def test_a_model_registered_in_a_test_file_is_accepted_and_trains(registered_model):
-    from trainer.models import build_model
+    from generalist_trainer.trainer.models import build_model
 
     with pytest.raises(ConfigError, match="model.arch"):
         tiny_config("model.arch=test_two_layer_unregistered")

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 import trainer
+from generalist_trainer.trainer.checkpoint import load_checkpoint, save_checkpoint
+from generalist_trainer.trainer.cli import main
+from generalist_trainer.trainer.errors import CheckpointError, ConfigError
+from generalist_trainer.trainer.eval.class_fold import FoldedLogits
+from generalist_trainer.trainer.model_loading import eval_model_from_checkpoint, export_checkpoint
+from generalist_trainer.trainer.session import METADATA_KEY, saved_network_keys, session_from_checkpoint
 from tests.core.idx_runs import idx_run_config, write_small_fashion_mnist
-from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.cli import main
-from trainer.errors import CheckpointError, ConfigError
-from trainer.eval.class_fold import FoldedLogits
-from trainer.model_loading import eval_model_from_checkpoint, export_checkpoint
-from trainer.session import METADATA_KEY, saved_network_keys, session_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = {
@@ -179,12 +179,12 @@ def test_the_package_root_imports_lazily_and_exports_the_trainers_own_objects():
     probe = ("import sys, trainer; before = 'torch' in sys.modules; "
              "from trainer.training import PGD; "
              "print(before, trainer.attacks.PGD is PGD, trainer.attacks.CWLinf.__module__, "
-             "trainer.attacks.TradesKL.__module__, sorted(set(trainer.__all__) <= set(dir(trainer)) for _ in [0]))")
+             "generalist_trainer.trainer.attacks.TradesKL.__module__, sorted(set(trainer.__all__) <= set(dir(trainer)) for _ in [0]))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "True", "trainer.attacks.cw", "trainer.attacks.trades_kl", "[True]"]
-    assert trainer.load_model.__module__ == "trainer.model_loading"
-    assert trainer.evaluate.__module__ == "trainer.eval.any_model"
+    assert done.stdout.split() == ["False", "True", "generalist_trainer.trainer.attacks.cw", "generalist_trainer.trainer.attacks.trades_kl", "[True]"]
+    assert trainer.load_model.__module__ == "generalist_trainer.trainer.model_loading"
+    assert trainer.evaluate.__module__ == "generalist_trainer.trainer.eval.any_model"
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         trainer.nope  # noqa: B018
 

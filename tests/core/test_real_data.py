@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import load_config
-from trainer.eval.saved_models import evaluate_checkpoint
-from trainer.training import train
+from generalist_trainer.trainer.config import load_config
+from generalist_trainer.trainer.eval.saved_models import evaluate_checkpoint
+from generalist_trainer.trainer.training import train
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from generalist_trainer.trainer.methods import build_method
+from generalist_trainer.trainer.models.small_cnn import SmallCNN
 from tests.engine.helpers import tiny_batch, tiny_config
-from trainer.methods import build_method
-from trainer.models.small_cnn import SmallCNN
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 BASE = ["engine.channels_last=false", "model.dropout=0.3", "train.epochs=2", "method.ducat.start=1.0",
@@ -146,7 +146,7 @@ def write_checkpoint(name: str, path: Path) -> None:
 
 
 def digest_resumed(name: str) -> str:
-    from trainer.session import load_networks
+    from generalist_trainer.trainer.session import load_networks
 
     state = torch.load(CHECKPOINTS / f"{name}.pt", weights_only=True)
     method = build(name)

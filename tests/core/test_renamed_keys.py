@@ -5,7 +5,7 @@ A user's config file, dict or override with an old key is a one-line error namin
 file (exit 2); what older versions stored (checkpoints, a run folder's config.yaml) still resumes, loads and reports.
 
 tests/data/checkpoints/old_keys_run/ was written by commit ac6a441 (before the rename) with
-    python -m trainer train data.dataset=synthetic data.synthetic_shape=[1,4,4] data.synthetic_train_size=64
+    python -m generalist_trainer train data.dataset=synthetic data.synthetic_shape=[1,4,4] data.synthetic_train_size=64
       data.synthetic_test_size=32 data.val_size=16 data.batch_size=16 data.synthetic_classes=4 method.name=pgd_at
       attack.steps=1 attack.eps=0.1 attack.step=0.1 train.epochs=2 train.val_points=16 train.val_pgd_steps=1
       train.device=cpu train.threads=1 train.progress=false train.dist_backend=gloo data.backend=cpu
@@ -25,12 +25,12 @@ import pytest
 import torch
 import yaml
 
-from trainer.analysis.report import load_run
-from trainer.checkpoint import load_checkpoint
-from trainer.cli import main
-from trainer.config import RENAMED_KEYS, load_config, save_config, to_dict
-from trainer.errors import ConfigError
-from trainer.model_loading import load_model
+from generalist_trainer.trainer.analysis.report import load_run
+from generalist_trainer.trainer.checkpoint import load_checkpoint
+from generalist_trainer.trainer.cli import main
+from generalist_trainer.trainer.config import RENAMED_KEYS, load_config, save_config, to_dict
+from generalist_trainer.trainer.errors import ConfigError
+from generalist_trainer.trainer.model_loading import load_model
 
 OLD_RUN = Path(__file__).resolve().parents[1] / "data" / "checkpoints" / "old_keys_run"
 OLD_CODE_STEP5_DIGEST = "c82542f8a03fcf1d9eee998970878b97"

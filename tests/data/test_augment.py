@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.data import augmentation_defaults
-from trainer.data.augment import crop_and_flip, draw_crop_offsets, draw_flips
-from trainer.errors import ConfigError
+from generalist_trainer.trainer.data import augmentation_defaults
+from generalist_trainer.trainer.data.augment import crop_and_flip, draw_crop_offsets, draw_flips
+from generalist_trainer.trainer.errors import ConfigError
 
 
 def test_crop_is_the_window_of_the_padded_image_at_its_offset():

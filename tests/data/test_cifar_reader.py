@@ -7,9 +7,9 @@ import pickle
 import numpy as np
 import pytest
 
+from generalist_trainer.trainer.data.cifar_reader import CIFAR10, CIFAR100, load_cifar_split, read_cifar_batch
+from generalist_trainer.trainer.errors import DatasetError
 from tests.data.file_formats import cifar_rows, python2_batch_bytes, write_python3_batch
-from trainer.data.cifar_reader import CIFAR10, CIFAR100, load_cifar_split, read_cifar_batch
-from trainer.errors import DatasetError
 
 
 def _batch(count, num_classes, seed):

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.data import ArrayDataset, CpuLoader
-from trainer.errors import ConfigError
+from generalist_trainer.trainer.data import ArrayDataset, CpuLoader
+from generalist_trainer.trainer.errors import ConfigError
 
 
 def _dataset(count=50, side=8, channels=3):

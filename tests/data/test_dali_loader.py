@@ -9,9 +9,9 @@ pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip ins
                                           "the 'dali' extra)")
 from PIL import Image  # noqa: E402
 
-from trainer.data import ArrayDataset, CpuLoader, DaliFolderLoader, DaliLoader  # noqa: E402
-from trainer.data.dali_loader import image_folder_files  # noqa: E402
-from trainer.errors import ConfigError, DatasetError  # noqa: E402
+from generalist_trainer.trainer.data import ArrayDataset, CpuLoader, DaliFolderLoader, DaliLoader  # noqa: E402
+from generalist_trainer.trainer.data.dali_loader import image_folder_files  # noqa: E402
+from generalist_trainer.trainer.errors import ConfigError, DatasetError  # noqa: E402
 
 
 def _dataset(count=50, side=8, channels=3):
@@ -214,8 +214,8 @@ def test_gpu_png_folder_pipeline_decodes_with_the_mixed_decoder_like_the_cpu_loa
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_loader_choice_builds_the_gpu_pipeline():
-    from trainer.config import DataConfig
-    from trainer.data import build_train_loader
+    from generalist_trainer.trainer.config import DataConfig
+    from generalist_trainer.trainer.data import build_train_loader
 
     ds = _dataset(count=48)
     loader = build_train_loader(DataConfig(loader="dali", batch_size=16), ds, device="cuda", seed=0, padding=2,

@@ -5,11 +5,11 @@ import dataclasses
 import numpy as np
 import pytest
 
+from generalist_trainer.trainer.config import DataConfig
+from generalist_trainer.trainer.data import ArrayDataset, dataset_spec, first_n, load_dataset
+from generalist_trainer.trainer.errors import ConfigError, DatasetError
+from generalist_trainer.trainer.registry import DATASETS
 from tests.data.file_formats import cifar_rows, write_idx_dataset, write_python3_batch, write_svhn
-from trainer.config import DataConfig
-from trainer.data import ArrayDataset, dataset_spec, first_n, load_dataset
-from trainer.errors import ConfigError, DatasetError
-from trainer.registry import DATASETS
 
 
 def _dataset(count=6, side=4, channels=1):

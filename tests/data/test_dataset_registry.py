@@ -9,12 +9,19 @@ import pytest
 import torch
 
 import trainer
-from trainer.checkpoint import load_checkpoint
-from trainer.config import DataConfig
-from trainer.data import DatasetFacts, DatasetSpec, augmentation_defaults, dataset_spec, load_dataset, load_splits
-from trainer.errors import ConfigError
-from trainer.registry import DATASETS
-from trainer.session import METADATA_KEY
+from generalist_trainer.trainer.checkpoint import load_checkpoint
+from generalist_trainer.trainer.config import DataConfig
+from generalist_trainer.trainer.data import (
+    DatasetFacts,
+    DatasetSpec,
+    augmentation_defaults,
+    dataset_spec,
+    load_dataset,
+    load_splits,
+)
+from generalist_trainer.trainer.errors import ConfigError
+from generalist_trainer.trainer.registry import DATASETS
+from generalist_trainer.trainer.session import METADATA_KEY
 
 NAME = "test_bars"
 FACTS = DatasetFacts(num_classes=3, mean=(0.3, 0.6), std=(0.2, 0.25))
@@ -61,7 +68,7 @@ def test_the_builtin_datasets_are_registry_entries():
     assert DATASETS.names() == ("fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "synthetic")
     assert dataset_spec("cifar100").facts_for(DataConfig()).num_classes == 100
     assert dataset_spec("svhn").facts_for(DataConfig()).channels == 3 and not dataset_spec("svhn").flip
-    from trainer.analysis.lipschitz import default_eps
+    from generalist_trainer.trainer.analysis.lipschitz import default_eps
 
     assert [default_eps(n) for n in DATASETS.names()] == [0.1, 0.1, 0.031, 0.031, 0.031, None]
     synthetic = dataset_spec("synthetic").facts_for(DataConfig(synthetic_shape=(2, 8, 8), synthetic_classes=5))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.data import ArrayDataset, CpuLoader, GpuLoader
-from trainer.errors import ConfigError
+from generalist_trainer.trainer.data import ArrayDataset, CpuLoader, GpuLoader
+from generalist_trainer.trainer.errors import ConfigError
 
 
 def _dataset(count=50, side=8, channels=3):

@@ -5,9 +5,9 @@ import gzip
 import numpy as np
 import pytest
 
+from generalist_trainer.trainer.data.idx_reader import load_idx_split, read_idx
+from generalist_trainer.trainer.errors import DatasetError
 from tests.data.file_formats import idx_bytes, write_idx, write_idx_dataset
-from trainer.data.idx_reader import load_idx_split, read_idx
-from trainer.errors import DatasetError
 
 
 def _images_and_labels(count, side=6, seed=0):

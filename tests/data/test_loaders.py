@@ -8,12 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.cli import build_parser, main
-from trainer.config import DataConfig, load_config
-from trainer.data import ArrayDataset, CpuLoader, GpuLoader, TorchLoader, build_train_loader, choose_loader
-from trainer.data import loaders as loaders_module
-from trainer.data.dali_loader import dali_available
-from trainer.errors import ConfigError, MissingDependencyError
+from generalist_trainer.trainer.cli import build_parser, main
+from generalist_trainer.trainer.config import DataConfig, load_config
+from generalist_trainer.trainer.data import (
+    ArrayDataset,
+    CpuLoader,
+    GpuLoader,
+    TorchLoader,
+    build_train_loader,
+    choose_loader,
+)
+from generalist_trainer.trainer.data import loaders as loaders_module
+from generalist_trainer.trainer.data.dali_loader import dali_available
+from generalist_trainer.trainer.errors import ConfigError, MissingDependencyError
 
 
 def _dataset(count=40, side=8, channels=3):
@@ -134,7 +141,6 @@ def test_explicit_dali_without_the_package_names_what_to_install(monkeypatch):
 
 
 def test_cli_flag_sets_the_loader(monkeypatch, tmp_path):
-    import trainer.training
 
     seen = []
     monkeypatch.setattr(trainer.training, "train", lambda cfg, resume: seen.append(cfg) or SimpleNamespace(

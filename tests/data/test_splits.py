@@ -5,9 +5,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from trainer.config import DataConfig
-from trainer.data import load_dataset, load_splits
-from trainer.errors import ConfigError
+from generalist_trainer.trainer.config import DataConfig
+from generalist_trainer.trainer.data import load_dataset, load_splits
+from generalist_trainer.trainer.errors import ConfigError
 
 # Every synthetic training image is distinct, so rows identify points.
 CFG = DataConfig(dataset="synthetic", synthetic_shape=(1, 8, 8), synthetic_classes=3,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import scipy.io
 
+from generalist_trainer.trainer.data.svhn_reader import load_svhn_split
+from generalist_trainer.trainer.errors import DatasetError
 from tests.data.file_formats import write_svhn
-from trainer.data.svhn_reader import load_svhn_split
-from trainer.errors import DatasetError
 
 
 def _digits(count, seed):

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from trainer.config import DataConfig
-from trainer.data import load_dataset
-from trainer.data.synthetic import make_synthetic
-from trainer.errors import ConfigError
+from generalist_trainer.trainer.config import DataConfig
+from generalist_trainer.trainer.data import load_dataset
+from generalist_trainer.trainer.data.synthetic import make_synthetic
+from generalist_trainer.trainer.errors import ConfigError
 
 
 def test_shape_dtype_and_balance():

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-import trainer.data.gpu_loader as gpu_loader
-from trainer.data.dataset import ArrayDataset
-from trainer.data.gpu_loader import GpuLoader, bytes_to_unit, unit_table
-from trainer.data.torch_loader import TorchLoader
+import generalist_trainer.trainer.data.gpu_loader as gpu_loader
+from generalist_trainer.trainer.data.dataset import ArrayDataset
+from generalist_trainer.trainer.data.gpu_loader import GpuLoader, bytes_to_unit, unit_table
+from generalist_trainer.trainer.data.torch_loader import TorchLoader
 
 
 def _every_byte_dataset() -> ArrayDataset:

@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.attacks import PGD, TradesKL
-from trainer.distributed import init_distributed, rank, world_size
+from generalist_trainer.trainer.attacks import PGD, TradesKL
+from generalist_trainer.trainer.distributed import init_distributed, rank, world_size
 
 GLOBAL_BATCH = 8
 

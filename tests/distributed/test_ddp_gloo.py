@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import trainer.session
-from trainer.checkpoint import LAST, load_checkpoint
-from trainer.config import load_config
-from trainer.distributed import REPLICAS_FILE, state_digest
-from trainer.session import open_session
-from trainer.training import train
+from generalist_trainer.trainer.checkpoint import LAST, load_checkpoint
+from generalist_trainer.trainer.config import load_config
+from generalist_trainer.trainer.distributed import REPLICAS_FILE, state_digest
+from generalist_trainer.trainer.session import open_session
+from generalist_trainer.trainer.training import train
 
 from .worker import batchnorm_free
 
@@ -115,13 +114,13 @@ def test_two_processes_match_one_process_and_resume_exactly(tmp_path, monkeypatc
 
 
 def test_cli_under_torchrun_with_batchnorm_trains_identical_replicas_and_shards_eval(tmp_path):
-    """`python -m trainer train` itself under torchrun, BatchNorm included (running statistics averaged over
+    """`python -m generalist_trainer train` itself under torchrun, BatchNorm included (running statistics averaged over
     ranks), TRADES as the robust objective (two DDP forwards before one backward), random starts on, the
     torch loader (DataLoader workers; the other test uses the cpu one; all loaders shard alike, tests/data), then
     the sharded test-set evaluation of best.pt."""
     run = tmp_path / "run"
     overrides = [*TINY, "data.loader=torch", "data.num_workers=0"]
-    done = torchrun("-m", "trainer", "train", *overrides, f"train.out_dir={run}",
+    done = torchrun("-m", "generalist_trainer", "train", *overrides, f"train.out_dir={run}",
                     "method.generalist.robust_objective=trades", "eval.attacks=[clean, pgd]")
     record = check_replicas_file(run)
     assert record["step"] == 12

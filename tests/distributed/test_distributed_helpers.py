@@ -1,4 +1,4 @@
-"""trainer.distributed in one process: launch environment, devices, fingerprints, no-op collectives, and
+"""generalist_trainer.trainer.distributed in one process: launch environment, devices, fingerprints, no-op collectives, and
 every method's DDP plumbing on a one-process gloo group (which must not change a single bit)."""
 
 import copy
@@ -8,8 +8,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.config import load_config
-from trainer.distributed import (
+from generalist_trainer.trainer.config import load_config
+from generalist_trainer.trainer.distributed import (
     LaunchEnv,
     all_reduce_min,
     all_reduce_sum,
@@ -21,9 +21,9 @@ from trainer.distributed import (
     shard_bounds,
     state_digest,
 )
-from trainer.errors import ConfigError
-from trainer.runtime import resolve_device
-from trainer.session import open_session
+from generalist_trainer.trainer.errors import ConfigError
+from generalist_trainer.trainer.runtime import resolve_device
+from generalist_trainer.trainer.session import open_session
 
 
 def test_launch_env_reads_and_checks_torchrun_variables(monkeypatch):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.attacks import PGD, TradesKL
+from generalist_trainer.trainer.attacks import PGD, TradesKL
 
 from .test_ddp_gloo import torchrun
 

@@ -1,11 +1,11 @@
-"""What the torchrun tests launch on every rank: `python -m trainer` commands, run in one process group.
+"""What the torchrun tests launch on every rank: `python -m generalist_trainer` commands, run in one process group.
 
     torchrun --standalone --nproc_per_node=2 -m tests.distributed.worker [--no-batchnorm] \
         [--probe-divergence] CMD... [--then CMD...]
 
 --no-batchnorm builds every network without its BatchNorm layers (see `batchnorm_free`), for the runs
 compared with a single process. --probe-divergence first checks that `assert_replicas_identical` fails
-on every rank when one rank's weights differ. Each CMD is a `python -m trainer` command line; they run
+on every rank when one rank's weights differ. Each CMD is a `python -m generalist_trainer` command line; they run
 one after the other in the same processes (e.g. a stopped run, then its --resume).
 """
 
@@ -16,10 +16,15 @@ import sys
 import torch
 from torch import nn
 
-import trainer.session
-from trainer.cli import main
-from trainer.distributed import ReplicaDivergenceError, assert_replicas_identical, init_distributed, rank
-from trainer.models import build_model
+import generalist_trainer.trainer.session as session_module
+from generalist_trainer.trainer.cli import main
+from generalist_trainer.trainer.distributed import (
+    ReplicaDivergenceError,
+    assert_replicas_identical,
+    init_distributed,
+    rank,
+)
+from generalist_trainer.trainer.models import build_model
 
 
 def without_batchnorm(module: nn.Module) -> nn.Module:
@@ -58,7 +63,7 @@ def probe_divergence() -> None:
 def run(argv: list[str]) -> int:
     if "--no-batchnorm" in argv:
         argv = [a for a in argv if a != "--no-batchnorm"]
-        trainer.session.build_model = batchnorm_free
+        session_module.build_model = batchnorm_free
     if "--probe-divergence" in argv:
         argv = [a for a in argv if a != "--probe-divergence"]
         probe_divergence()

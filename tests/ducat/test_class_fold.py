@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.attacks import eval_mode
-from trainer.eval.class_fold import (
+from generalist_trainer.trainer.attacks import eval_mode
+from generalist_trainer.trainer.eval.class_fold import (
     FoldedLogits,
     argmax_mod_classes,
     fold_logsumexp,

@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.checkpoint import load_checkpoint, load_export
-from trainer.config import EvalConfig, load_config
-from trainer.errors import CheckpointError
-from trainer.eval import evaluate_model
-from trainer.eval.class_fold import FoldedLogits
-from trainer.eval.saved_models import evaluate_checkpoint
-from trainer.model_loading import export_checkpoint
-from trainer.models import build_model
-from trainer.training import train
+from generalist_trainer.trainer.checkpoint import load_checkpoint, load_export
+from generalist_trainer.trainer.config import EvalConfig, load_config
+from generalist_trainer.trainer.errors import CheckpointError
+from generalist_trainer.trainer.eval import evaluate_model
+from generalist_trainer.trainer.eval.class_fold import FoldedLogits
+from generalist_trainer.trainer.eval.saved_models import evaluate_checkpoint
+from generalist_trainer.trainer.model_loading import export_checkpoint
+from generalist_trainer.trainer.models import build_model
+from generalist_trainer.trainer.training import train
 
 TINY = [
     "data.dataset=synthetic", "data.synthetic_shape=[1, 12, 12]", "data.synthetic_train_size=96",

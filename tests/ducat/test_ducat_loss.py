@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.config import DucatConfig
-from trainer.objectives.ducat import (
+from generalist_trainer.trainer.config import DucatConfig
+from generalist_trainer.trainer.objectives.ducat import (
     Ducat,
     DucatNatural,
     first_active_epoch,
@@ -15,8 +15,8 @@ from trainer.objectives.ducat import (
     soft_cross_entropy,
     two_hot_targets,
 )
-from trainer.objectives.pgd_at import PGDAT
-from trainer.objectives.trades import TRADES
+from generalist_trainer.trainer.objectives.pgd_at import PGDAT
+from generalist_trainer.trainer.objectives.trades import TRADES
 
 C = 3
 

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from trainer.config import ModelConfig, load_config
-from trainer.errors import ConfigError
-from trainer.eval.class_fold import FoldedLogits
-from trainer.methods import build_method
-from trainer.models import build_model, with_dummy_classes
-from trainer.objectives import Ducat
+from generalist_trainer.trainer.config import ModelConfig, load_config
+from generalist_trainer.trainer.errors import ConfigError
+from generalist_trainer.trainer.eval.class_fold import FoldedLogits
+from generalist_trainer.trainer.methods import build_method
+from generalist_trainer.trainer.models import build_model, with_dummy_classes
+from generalist_trainer.trainer.objectives import Ducat
 
 C = 4
 

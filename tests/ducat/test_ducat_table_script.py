@@ -21,9 +21,10 @@ def test_trains_and_evaluates_the_three_ducat_rows_with_the_adaptive_attack(tmp_
     assert proc.returncode == 0, proc.stderr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     for method in ("pgd_at", "trades", "generalist"):
-        train = [c for c in calls if c.startswith("-m trainer train") and f"{method}_ducat.yaml" in c]
+        train = [c for c in calls if c.startswith("-m generalist_trainer train") and f"{method}_ducat.yaml" in c]
         assert len(train) == 1 and f"train.out_dir={tmp_path / 'table' / (method + '_ducat')}" in train[0]
-        evals = [c for c in calls if c.startswith(f"-m trainer eval {tmp_path / 'table' / (method + '_ducat')} ")]
+        run = tmp_path / "table" / f"{method}_ducat"
+        evals = [c for c in calls if c.startswith(f"-m generalist_trainer eval {run} ")]
         assert len(evals) == 2
         assert any("eval.num_points=1000" in c and "pgd_lse" in c and "eval_n1000.json" in c for c in evals)
         assert any("eval.num_points=1000" in c and "autoattack" in c and "eval_aa1000.json" in c for c in evals)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from trainer.config import load_config
-from trainer.methods import build_method
-from trainer.models import build_model
+from generalist_trainer.trainer.config import load_config
+from generalist_trainer.trainer.methods import build_method
+from generalist_trainer.trainer.models import build_model
 
 BASE = ["model.arch=small_cnn", "train.epochs=8", "attack.steps=2", "attack.eps=0.1", "attack.step=0.05",
         "train.device=cpu"]

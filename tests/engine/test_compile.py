@@ -7,7 +7,7 @@ import functools
 import pytest
 import torch
 
-from trainer.engine.compile import compile_module, is_compiled
+from generalist_trainer.trainer.engine.compile import compile_module, is_compiled
 
 from .helpers import assert_same_state, tiny_batch, tiny_method
 

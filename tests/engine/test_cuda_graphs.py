@@ -5,10 +5,10 @@ fallback for a batch of another shape. The capture itself is verified only where
 import pytest
 import torch
 
-from trainer.attacks import PGD
-from trainer.config import load_config
-from trainer.engine.cuda_graphs import GraphedStep, GraphSafePGD
-from trainer.errors import ConfigError
+from generalist_trainer.trainer.attacks import PGD
+from generalist_trainer.trainer.config import load_config
+from generalist_trainer.trainer.engine.cuda_graphs import GraphedStep, GraphSafePGD
+from generalist_trainer.trainer.errors import ConfigError
 
 from .helpers import HostReadError, NoHostReads, assert_same_state, tiny_batch, tiny_method
 

@@ -6,8 +6,13 @@ import inspect
 import pytest
 import torch
 
+from generalist_trainer.trainer.engine import (
+    apply_cudnn_tf32_policy,
+    cudnn_tf32_state,
+    resolve_engine,
+    restore_cudnn_tf32_state,
+)
 from tests.engine.helpers import tiny_config
-from trainer.engine import apply_cudnn_tf32_policy, cudnn_tf32_state, resolve_engine, restore_cudnn_tf32_state
 
 
 @pytest.fixture

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from bench import bench_end_to_end as e2e
-from bench.reference_loop import ReferenceGeneralist, pgd_with_backward
-from trainer.attacks import PGD
-from trainer.engine import PHASES
-from trainer.models import build_model
+from generalist_trainer.bench import bench_end_to_end as e2e
+from generalist_trainer.bench.reference_loop import ReferenceGeneralist, pgd_with_backward
+from generalist_trainer.trainer.attacks import PGD
+from generalist_trainer.trainer.engine import PHASES
+from generalist_trainer.trainer.models import build_model
 
 from .helpers import tiny_batch, tiny_method
 

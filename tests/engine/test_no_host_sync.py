@@ -5,11 +5,11 @@ counts them (tests/engine/helpers.py HostReads): each would be a device sync on 
 import pytest
 import torch
 
-import trainer.training as training
+import generalist_trainer.trainer.training as training
+from generalist_trainer.trainer.attacks import PGD
+from generalist_trainer.trainer.engine.step_metrics import StepAccumulator
+from generalist_trainer.trainer.guards import FiniteGuard
 from tests.reliability.runs import tiny_config as run_config
-from trainer.attacks import PGD
-from trainer.engine.step_metrics import StepAccumulator
-from trainer.guards import FiniteGuard
 
 from .helpers import HostReads, tiny_batch, tiny_method
 

@@ -8,9 +8,9 @@ import types
 import pytest
 import torch
 
-from trainer.config import OptimConfig, Schedule
-from trainer.errors import ConfigError, MissingDependencyError
-from trainer.optim import APEX_INSTALL, apex_fused_sgd, build_sgd, set_lr
+from generalist_trainer.trainer.config import OptimConfig, Schedule
+from generalist_trainer.trainer.errors import ConfigError, MissingDependencyError
+from generalist_trainer.trainer.optim import APEX_INSTALL, apex_fused_sgd, build_sgd, set_lr
 
 CFG = OptimConfig(lr=Schedule(values=(0.1, 0.1, 0.01, 0.001)), momentum=0.8, weight_decay=1e-3, nesterov=True)
 CUDA = torch.device("cuda")  # never touched by the apex paths below: they fail or return before any tensor op

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.attacks import PGD
-from trainer.engine.precision import LossScaler, Precision, autocast
-from trainer.engine.step_metrics import StepAccumulator, host_values
-from trainer.guards import FiniteGuard
+from generalist_trainer.trainer.attacks import PGD
+from generalist_trainer.trainer.engine.precision import LossScaler, Precision, autocast
+from generalist_trainer.trainer.engine.step_metrics import StepAccumulator, host_values
+from generalist_trainer.trainer.guards import FiniteGuard
 
 from .helpers import tiny_batch, tiny_method
 

@@ -1,4 +1,4 @@
-"""`python -m trainer profile` on the CPU: a Chrome trace of N iterations with one range per phase, and the
+"""`python -m generalist_trainer profile` on the CPU: a Chrome trace of N iterations with one range per phase, and the
 table of top operators by self time printed (on CUDA the same command ranks kernels by device time)."""
 
 import json
@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from trainer import cli
-from trainer.config import load_config
-from trainer.engine import PHASES
-from trainer.engine.profiling import profile_training
+from generalist_trainer.trainer import cli
+from generalist_trainer.trainer.config import load_config
+from generalist_trainer.trainer.engine import PHASES
+from generalist_trainer.trainer.engine.profiling import profile_training
 
 TINY = ["data.dataset=synthetic", "data.synthetic_shape=[1, 12, 12]", "data.synthetic_train_size=48",
         "data.synthetic_test_size=16", "data.val_size=0", "data.batch_size=8", "model.arch=small_cnn",

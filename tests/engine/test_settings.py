@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from trainer.config import load_config
-from trainer.engine import settings as settings_module
-from trainer.engine.settings import resolve_engine
-from trainer.errors import ConfigError
+from generalist_trainer.trainer.config import load_config
+from generalist_trainer.trainer.engine import settings as settings_module
+from generalist_trainer.trainer.engine.settings import resolve_engine
+from generalist_trainer.trainer.errors import ConfigError
 
 from .helpers import tiny_config, tiny_method
 

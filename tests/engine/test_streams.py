@@ -7,8 +7,8 @@ import contextlib
 import pytest
 import torch
 
-import trainer.methods.generalist as generalist_module
-from trainer.engine.streams import ExpertStreams, independent_rng
+import generalist_trainer.trainer.methods.generalist as generalist_module
+from generalist_trainer.trainer.engine.streams import ExpertStreams, independent_rng
 
 from .helpers import (
     StorageAccess,

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.eval import autoattack_adapter, autoattack_resumable
+from generalist_trainer.trainer.eval import autoattack_adapter, autoattack_resumable
 
 EPS = 0.05
 BATCH = 4

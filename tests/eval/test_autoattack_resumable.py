@@ -10,11 +10,11 @@ import torch
 
 pytest.importorskip("pyautoattack")
 
+from generalist_trainer.trainer.errors import CheckpointError  # noqa: E402
+from generalist_trainer.trainer.eval import autoattack_adapter, autoattack_resumable  # noqa: E402
+from generalist_trainer.trainer.eval.autoattack_adapter import run_autoattack  # noqa: E402
+from generalist_trainer.trainer.eval.autoattack_resumable import autoattack_robust  # noqa: E402
 from tests.eval.aa_shard_worker import EPS, SETTINGS, shorten, tiny_problem  # noqa: E402
-from trainer.errors import CheckpointError  # noqa: E402
-from trainer.eval import autoattack_adapter, autoattack_resumable  # noqa: E402
-from trainer.eval.autoattack_adapter import run_autoattack  # noqa: E402
-from trainer.eval.autoattack_resumable import autoattack_robust  # noqa: E402
 
 BATCH = SETTINGS["batch_size"]
 
@@ -210,8 +210,8 @@ def test_state_file_from_before_timings_resumes_without_claiming_a_total(tmp_pat
 
 
 def test_evaluation_reports_each_stage_and_the_all_sessions_total(tmp_path):
-    from trainer.config import AttackConfig, EvalConfig
-    from trainer.eval.robustness import evaluate_model
+    from generalist_trainer.trainer.config import AttackConfig, EvalConfig
+    from generalist_trainer.trainer.eval.robustness import evaluate_model
 
     model, x, y = tiny_problem()
     ecfg = EvalConfig(num_points=len(x), eps=EPS, attacks=("autoattack",), autoattack_resume=True)

@@ -12,10 +12,10 @@ import re
 import pytest
 import torch
 
+from generalist_trainer.trainer.cli import main
+from generalist_trainer.trainer.config import EvalConfig
+from generalist_trainer.trainer.eval.saved_models import evaluate_checkpoint
 from tests.core.test_checkpoint_resume import TINY
-from trainer.cli import main
-from trainer.config import EvalConfig
-from trainer.eval.saved_models import evaluate_checkpoint
 
 EVAL = ["eval.attacks=[clean, pgd]", "eval.pgd_steps=2"]
 

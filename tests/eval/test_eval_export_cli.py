@@ -1,4 +1,4 @@
-"""`python -m trainer eval --model-export DIR`: an exported model evaluated without its run folder or training data
+"""`python -m generalist_trainer eval --model-export DIR`: an exported model evaluated without its run folder or training data
 beyond the test set, the same JSON as a run's evaluation; a bad folder is one line and exit code 2."""
 
 from __future__ import annotations
@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
+from generalist_trainer.trainer.cli import main
+from generalist_trainer.trainer.eval.saved_models import evaluate_checkpoint
+from generalist_trainer.trainer.model_loading import export_checkpoint
+from generalist_trainer.trainer.training import train
 from tests.core.idx_runs import idx_run_config, write_small_fashion_mnist
-from trainer.cli import main
-from trainer.eval.saved_models import evaluate_checkpoint
-from trainer.model_loading import export_checkpoint
-from trainer.training import train
 
 REPO = Path(__file__).resolve().parents[2]
 EVAL = ["eval.num_points=16", "eval.attacks=[clean, pgd]", "eval.pgd_steps=2", "eval.progress=false"]
 
 
 def trainer_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "generalist_trainer", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -59,7 +59,7 @@ def test_a_bad_export_folder_is_one_line_and_exit_2(exported, tmp_path):
     done = trainer_cli("eval", "--model-export", str(tmp_path / "missing"))
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [f"error: export folder {tmp_path / 'missing'}: not found (expected the folder "
-                                        "`python -m trainer export` wrote: model.safetensors and config.json)"]
+                                        "`python -m generalist_trainer export` wrote: model.safetensors and config.json)"]
 
 
 @pytest.mark.parametrize("argv, message", [

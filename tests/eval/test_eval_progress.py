@@ -11,12 +11,12 @@ from tqdm import tqdm
 
 pytest.importorskip("pyautoattack")
 
+from generalist_trainer.trainer.config import AttackConfig, EvalConfig  # noqa: E402
+from generalist_trainer.trainer.eval import autoattack_adapter, autoattack_resumable, progress  # noqa: E402
+from generalist_trainer.trainer.eval.autoattack_resumable import autoattack_robust  # noqa: E402
+from generalist_trainer.trainer.eval.progress import EvalProgress  # noqa: E402
+from generalist_trainer.trainer.eval.robustness import evaluate_model  # noqa: E402
 from tests.eval.aa_shard_worker import EPS, SETTINGS, shorten, tiny_problem  # noqa: E402
-from trainer.config import AttackConfig, EvalConfig  # noqa: E402
-from trainer.eval import autoattack_adapter, autoattack_resumable, progress  # noqa: E402
-from trainer.eval.autoattack_resumable import autoattack_robust  # noqa: E402
-from trainer.eval.progress import EvalProgress  # noqa: E402
-from trainer.eval.robustness import evaluate_model  # noqa: E402
 
 BATCH = SETTINGS["batch_size"]
 ALL_ATTACKS = EvalConfig(num_points=20, eps=EPS, attacks=("clean", "pgd", "cw", "autoattack"), pgd_steps=3,

@@ -9,20 +9,20 @@ import pytest
 import torch
 from torch import nn
 
-from tests.eval.aa_shard_worker import EPS, tiny_problem
-from trainer.config import AttackConfig, EvalConfig
-from trainer.eval import robustness
-from trainer.eval.autoattack_resumable import AutoAttackResult
-from trainer.eval.class_fold import FoldedLogits
-from trainer.eval.robustness import (
+from generalist_trainer.trainer.config import AttackConfig, EvalConfig
+from generalist_trainer.trainer.eval import robustness
+from generalist_trainer.trainer.eval.autoattack_resumable import AutoAttackResult
+from generalist_trainer.trainer.eval.class_fold import FoldedLogits
+from generalist_trainer.trainer.eval.robustness import (
     SAME_WEIGHTS,
     autoattack_state_files,
     evaluate_models,
     same_weights,
     weights_fingerprint,
 )
-from trainer.eval.saved_models import results_table
-from trainer.eval.sharded import evaluate_across_ranks
+from generalist_trainer.trainer.eval.saved_models import results_table
+from generalist_trainer.trainer.eval.sharded import evaluate_across_ranks
+from tests.eval.aa_shard_worker import EPS, tiny_problem
 
 CFG = EvalConfig(num_points=20, eps=EPS, attacks=("clean", "pgd", "cw"), pgd_steps=2, cw_steps=2)
 

@@ -7,7 +7,7 @@ TRITON_INTERPRET=1), so sizes stay in the thousands of elements.
 import pytest
 import torch
 
-from kernels import dispatch
+from generalist_trainer.kernels import dispatch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)

@@ -34,6 +34,11 @@ from itertools import product
 
 TARGET_ARCH = 90
 # Modules holding @triton.jit kernels; every JITFunction in them must be launched below or called by one.
+def kernel_module(name: str):
+    """The module of a "kernels.<file>" name below (the package is installed as generalist_trainer.kernels)."""
+    return importlib.import_module(f"generalist_trainer.{name}")
+
+
 KERNEL_MODULES = ("kernels.pgd_step", "kernels.pgd_l2_step", "kernels.generalist_average", "kernels.lerp")
 # A CIFAR-10 batch (N, 3, 32, 32): numel and per-sample stride are multiples of 16, as in training.
 BATCH_SHAPE = (32, 3, 32, 32)
@@ -59,7 +64,7 @@ def _launch_cases(torch, odd: bool = False):
     hint on numel), one dtype per storage width and scalar eps / step only: they must compile; their access
     widths are reported, not required.
     """
-    from kernels import generalist_average, lerp, ops, pgd_l2_step, pgd_step
+    from generalist_trainer.kernels import generalist_average, lerp, ops, pgd_l2_step, pgd_step
 
     x_dtypes = ops._X_DTYPES  # the dtypes the public ops accept: the launchers see nothing else
     flags = (False, True)
@@ -118,7 +123,7 @@ class _Recorder:
 def _jit_functions(triton):
     found = {}
     for mod_name in KERNEL_MODULES:
-        mod = importlib.import_module(mod_name)
+        mod = kernel_module(mod_name)
         for attr, value in vars(mod).items():
             if isinstance(value, triton.runtime.JITFunction) and getattr(value.fn, "__module__", "") == mod_name:
                 found[f"{mod_name}.{attr}"] = (mod, attr, value)
@@ -131,7 +136,7 @@ def _recording(triton):
     log: list = []
     swapped = []
     for mod_name in KERNEL_MODULES:
-        mod = importlib.import_module(mod_name)
+        mod = kernel_module(mod_name)
         for attr, value in list(vars(mod).items()):
             if isinstance(value, triton.runtime.JITFunction):
                 full = f"{value.fn.__module__}.{value.fn.__name__}"
@@ -217,7 +222,7 @@ def collect_variants() -> tuple[list[dict], int]:
     backend = make_backend(GPUTarget("cuda", TARGET_ARCH, 32))
     for qualname, params in LAUNCHER_PARAMS.items():
         mod_name, fn_name = qualname.rsplit(".", 1)
-        got = tuple(inspect.signature(getattr(importlib.import_module(mod_name), fn_name)).parameters)
+        got = tuple(inspect.signature(getattr(kernel_module(mod_name), fn_name)).parameters)
         if got != params:
             raise RuntimeError(f"{qualname} now takes {got}, the enumeration was written for {params}: extend "
                                "_launch_cases in tests/kernels/sm90_compile.py to every new input kind")
@@ -274,7 +279,7 @@ def _compile_one(job) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    kernel = getattr(importlib.import_module(mod_name), fn_name)
+    kernel = getattr(kernel_module(mod_name), fn_name)
     started = time.perf_counter()
     try:
         compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs),
@@ -307,7 +312,7 @@ def run(jobs: int) -> dict:
     import torch
     import triton
 
-    from kernels import dispatch
+    from generalist_trainer.kernels import dispatch
 
     if dispatch.TRITON_INTERPRETED:
         raise SystemExit("TRITON_INTERPRET is set: @triton.jit made interpreter functions; unset it and rerun")

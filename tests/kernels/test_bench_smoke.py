@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from bench import bench_averaging, bench_pgd_step, common
+from generalist_trainer.bench import bench_averaging, bench_pgd_step, common
 
 
 def _run(module, args, tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kernels  # noqa: F401  (registers the ops)
-from kernels import generalist_average_, lerp_, pgd_l2_step_, pgd_linf_step_, pgd_random_start
+from generalist_trainer.kernels import generalist_average_, lerp_, pgd_l2_step_, pgd_linf_step_, pgd_random_start
 from tests.kernels.conftest import DEVICE
 
 ops = torch.ops.generalist_kernels

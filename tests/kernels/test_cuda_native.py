@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import cuda_native, dispatch, generalist_average_, pgd_linf_step_
-from kernels.generalist_average import generalist_average_reference
-from kernels.pgd_step import pgd_linf_step_reference
+from generalist_trainer.kernels import cuda_native, dispatch, generalist_average_, pgd_linf_step_
+from generalist_trainer.kernels.generalist_average import generalist_average_reference
+from generalist_trainer.kernels.pgd_step import pgd_linf_step_reference
 from tests.kernels.conftest import ARITH_TOL, X_DTYPES, assert_close
 
 HAVE_TOOLS = shutil.which("nvcc") is not None and shutil.which("cmake") is not None

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from kernels import KernelUnavailableError, cuda_native, dispatch, lerp_, resolve_policy, set_default_policy
+from generalist_trainer.kernels import (
+    KernelUnavailableError,
+    cuda_native,
+    dispatch,
+    lerp_,
+    resolve_policy,
+    set_default_policy,
+)
 from tests.kernels.conftest import DEVICE, triton_runs_here
 
 

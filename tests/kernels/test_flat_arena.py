@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kernels import FlatArena, generalist_average_
+from generalist_trainer.kernels import FlatArena, generalist_average_
 from tests.kernels.conftest import DEVICE
 
 

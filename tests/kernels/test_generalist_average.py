@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels import generalist_average_
-from kernels.generalist_average import generalist_average_reference
+from generalist_trainer.kernels import generalist_average_
+from generalist_trainer.kernels.generalist_average import generalist_average_reference
 from tests.kernels.conftest import ARITH_TOL, DEVICE, assert_close
 
 NAMES = ("theta_r", "theta_n", "s_r", "s_n", "g")

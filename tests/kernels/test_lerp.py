@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels import lerp_
-from kernels.lerp import lerp_reference
+from generalist_trainer.kernels import lerp_
+from generalist_trainer.kernels.lerp import lerp_reference
 from tests.kernels.conftest import ARITH_TOL, DEVICE, X_DTYPES, assert_close
 
 

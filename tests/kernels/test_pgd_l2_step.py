@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels import pgd_l2_step_
-from kernels.pgd_l2_step import NORM_GUARD, pgd_l2_step_reference
+from generalist_trainer.kernels import pgd_l2_step_
+from generalist_trainer.kernels.pgd_l2_step import NORM_GUARD, pgd_l2_step_reference
 from tests.kernels.conftest import ARITH_TOL, DEVICE, X_DTYPES, assert_close
 
 # (shape, memory format): one element per sample, odd sizes, channels_last, and samples longer than one

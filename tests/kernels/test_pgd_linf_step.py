@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels import KernelUnavailableError, pgd_linf_step_
-from kernels.pgd_step import pgd_linf_step_reference
+from generalist_trainer.kernels import KernelUnavailableError, pgd_linf_step_
+from generalist_trainer.kernels.pgd_step import pgd_linf_step_reference
 from tests.kernels.conftest import DEVICE, STORE_TOL, X_DTYPES, assert_close
 
 # (shape, memory format): odd sizes that exercise masking, one spanning two 4096-element programs.
@@ -164,7 +164,7 @@ def test_argument_errors():
 
 
 def test_explicit_triton_without_interpreter_names_the_reason(monkeypatch):
-    from kernels import dispatch
+    from generalist_trainer.kernels import dispatch
 
     monkeypatch.setattr(dispatch, "TRITON_INTERPRETED", False)
     x = torch.rand(2, 3)

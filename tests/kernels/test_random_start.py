@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels import pgd_random_start
-from kernels.pgd_step import pgd_random_start_reference, pgd_random_start_triton
+from generalist_trainer.kernels import pgd_random_start
+from generalist_trainer.kernels.pgd_step import pgd_random_start_reference, pgd_random_start_triton
 from tests.kernels.conftest import ARITH_TOL, DEVICE, STORE_TOL, X_DTYPES, assert_close, triton_runs_here
 
 

@@ -84,7 +84,7 @@ def test_every_kernel_and_flag_is_reached(report):
             seen.setdefault((v["kernel"], name), set()).add(value)
     one_sided = {k: vals for k, vals in seen.items() if all(type(x) is bool for x in vals) and len(vals) < 2}
     assert not one_sided, f"bool constexprs only ever seen one way: {one_sided}"
-    from kernels.ops import _X_DTYPES
+    from generalist_trainer.kernels.ops import _X_DTYPES
 
     wanted = {str(d).replace("torch.", "") for d in _X_DTYPES}
     for kernel in launched:

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.config import ModelConfig
-from trainer.errors import ConfigError
-from trainer.models import Normalize, build_model
+from generalist_trainer.trainer.config import ModelConfig
+from generalist_trainer.trainer.errors import ConfigError
+from generalist_trainer.trainer.models import Normalize, build_model
 
 # (arch config, in_channels, image size, expected dropout modules when dropout > 0)
 CASES = {

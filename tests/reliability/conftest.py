@@ -1,12 +1,12 @@
 import pytest
 
+from generalist_trainer.trainer.checkpoint import LAST, load_checkpoint
 from tests.reliability.runs import STEPS, run_train
-from trainer.checkpoint import LAST, load_checkpoint
 
 
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory):
-    """An uninterrupted `python -m trainer train` of the tiny run, shared by the kill-and-resume tests."""
+    """An uninterrupted `python -m generalist_trainer train` of the tiny run, shared by the kill-and-resume tests."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     result = run_train(run_dir)
     assert result.returncode == 0, result.stdout + result.stderr

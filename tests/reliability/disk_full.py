@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from trainer import checkpoint
+from generalist_trainer.trainer import checkpoint
 
 ROOM = 4096
 
@@ -56,7 +56,7 @@ def fill_disk_on(file_name: str, save_number: int, patch: Callable[[Any, str, An
 
 
 if __name__ == "__main__":
-    from trainer.cli import main
+    from generalist_trainer.trainer.cli import main
 
     fill_disk_on(sys.argv[1], int(sys.argv[2]))
     sys.exit(main(sys.argv[3:]))

@@ -1,4 +1,5 @@
-"""Tiny deterministic training runs for the reliability tests, in-process or as `python -m trainer` subprocesses."""
+"""Tiny deterministic training runs for the reliability tests, in-process or as `python -m generalist_trainer`
+subprocesses."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from typing import Any
 
 import torch
 
-from trainer.checkpoint import CRASH_ENV_VAR, load_checkpoint
-from trainer.config import RunConfig, load_config
+from generalist_trainer.trainer.checkpoint import CRASH_ENV_VAR, load_checkpoint
+from generalist_trainer.trainer.config import RunConfig, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,8 +38,8 @@ def tiny_config(run_dir: Path, *extra: str) -> RunConfig:
 
 def train_command(run_dir: Path, resume: bool, *extra: str) -> list[str]:
     if resume:
-        return [sys.executable, "-m", "trainer", "train", "--resume", str(run_dir), "--no-eval", *extra]
-    return [sys.executable, "-m", "trainer", "train", "--no-eval", *TINY, f"train.out_dir={run_dir}",
+        return [sys.executable, "-m", "generalist_trainer", "train", "--resume", str(run_dir), "--no-eval", *extra]
+    return [sys.executable, "-m", "generalist_trainer", "train", "--no-eval", *TINY, f"train.out_dir={run_dir}",
             "train.checkpoint_every_steps=1", *extra]
 
 

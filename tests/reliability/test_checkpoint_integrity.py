@@ -8,8 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.reliability.runs import assert_same_state, tiny_config
-from trainer.checkpoint import (
+from generalist_trainer.trainer.checkpoint import (
     LAST,
     load_checkpoint,
     load_newest_valid,
@@ -18,8 +17,9 @@ from trainer.checkpoint import (
     save_checkpoint,
     verify_checkpoint_file,
 )
-from trainer.errors import CheckpointError
-from trainer.training import train
+from generalist_trainer.trainer.errors import CheckpointError
+from generalist_trainer.trainer.training import train
+from tests.reliability.runs import assert_same_state, tiny_config
 
 
 def _state(value):

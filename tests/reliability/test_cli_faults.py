@@ -17,21 +17,21 @@ import time
 import pytest
 import torch
 
-import trainer.training as training
+import generalist_trainer.trainer.training as training
+from generalist_trainer.trainer.checkpoint import BEST, LAST, load_checkpoint, previous_version, save_checkpoint
+from generalist_trainer.trainer.cli import main
+from generalist_trainer.trainer.config import load_config
+from generalist_trainer.trainer.errors import CheckpointError, ConfigError
+from generalist_trainer.trainer.run_lock import LOCK_FILE
 from tests.reliability.disk_full import fill_disk_on
 from tests.reliability.runs import REPO_ROOT, STEPS, TINY, assert_same_state, run_train, subprocess_env, train_command
-from trainer.checkpoint import BEST, LAST, load_checkpoint, previous_version, save_checkpoint
-from trainer.cli import main
-from trainer.config import load_config
-from trainer.errors import CheckpointError, ConfigError
-from trainer.run_lock import LOCK_FILE
 
 IN_PROCESS = ("train.deterministic=false", "train.threads=0")
 NATURAL = [*TINY, "method.name=natural", *IN_PROCESS]
 
 
 def _cli(*args, cwd=REPO_ROOT, timeout=240):
-    return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=cwd, env=subprocess_env(),
+    return subprocess.run([sys.executable, "-m", "generalist_trainer", *args], cwd=cwd, env=subprocess_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -109,7 +109,7 @@ def test_export_into_a_path_that_is_a_file_is_refused(finished_run, tmp_path, ca
 
 
 def test_eval_into_a_path_below_a_file_is_refused_before_evaluating(finished_run, tmp_path, capsys, monkeypatch):
-    import trainer.eval.saved_models as saved_models
+    import generalist_trainer.trainer.eval.saved_models as saved_models
 
     def never(*args, **kwargs):
         raise AssertionError("the evaluation started before its output path was checked")
@@ -190,7 +190,7 @@ def test_a_full_disk_on_the_first_save_says_nothing_was_saved_before(tmp_path, m
 
 def test_ctrl_c_is_one_line_with_the_step_and_the_resume_command(tmp_path):
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "trainer", "train", "--no-eval", *TINY, "method.name=natural",
+    command = [sys.executable, "-m", "generalist_trainer", "train", "--no-eval", *TINY, "method.name=natural",
                "train.epochs=40", "train.checkpoint_every_steps=2", f"train.out_dir={run}"]
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -202,7 +202,7 @@ def test_ctrl_c_is_one_line_with_the_step_and_the_resume_command(tmp_path):
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, out + err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    match = re.fullmatch(rf"interrupted at step (\d+); resume with: python -m trainer train --resume {run} "
+    match = re.fullmatch(rf"interrupted at step (\d+); resume with: python -m generalist_trainer train --resume {run} "
                          r"\(it continues from the last checkpoint, step (\d+)\)", err.strip())
     assert match, err
     step, saved = int(match[1]), int(match[2])
@@ -224,7 +224,7 @@ def test_ctrl_c_before_the_first_checkpoint_says_how_to_start_again(tmp_path, ca
 
     monkeypatch.setattr(training, "save_checkpoint", interrupted)
     assert main(["train", "--no-eval", *NATURAL, "train.checkpoint_every_steps=1", f"train.out_dir={run}"]) == 130
-    again = f"python -m trainer train --config {run / 'config.yaml'}"
+    again = f"python -m generalist_trainer train --config {run / 'config.yaml'}"
     assert _stderr_line(capsys) == (f"interrupted at step 1, before the first checkpoint (nothing to resume); start "
                                     f"again with: {again}")
     monkeypatch.undo()
@@ -302,11 +302,11 @@ def test_unusable_last_checkpoints_with_a_valid_best_say_so_and_the_advice_works
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--no-such-option"], "unrecognized arguments: --no-such-option (see: python -m trainer train --help)"),
-    (["sweep", "run", "eval.num_points=3"], "unrecognized arguments: eval.num_points=3 (see: python -m trainer "
+    (["train", "--no-such-option"], "unrecognized arguments: --no-such-option (see: python -m generalist_trainer train --help)"),
+    (["sweep", "run", "eval.num_points=3"], "unrecognized arguments: eval.num_points=3 (see: python -m generalist_trainer "
                                             "sweep --help)"),
     (["eval", "run", "--which", "middle"], "argument --which: invalid choice: 'middle' (choose from 'best', "
-                                           "'last') (see: python -m trainer eval --help)"),
+                                           "'last') (see: python -m generalist_trainer eval --help)"),
     (["no-such-command"], "argument command: invalid choice: 'no-such-command'"),
 ])
 def test_argparse_mistakes_are_one_line(capsys, argv, message):
@@ -320,7 +320,7 @@ def test_file_system_errors_outside_checkpoints_are_one_line(finished_run, tmp_p
     """An OSError the code does not anticipate (here: the results JSON cannot be written) is reported, not traced."""
     import errno
 
-    import trainer.eval.saved_models as saved_models
+    import generalist_trainer.trainer.eval.saved_models as saved_models
 
     def full(path, write, keep_previous=None):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))

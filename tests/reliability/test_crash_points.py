@@ -11,8 +11,15 @@ import signal
 import pytest
 import torch
 
-from trainer.checkpoint import CRASH_ENV_VAR, CRASH_POINTS, LAST, load_newest_valid, previous_version, save_checkpoint
-from trainer.errors import CheckpointError
+from generalist_trainer.trainer.checkpoint import (
+    CRASH_ENV_VAR,
+    CRASH_POINTS,
+    LAST,
+    load_newest_valid,
+    previous_version,
+    save_checkpoint,
+)
+from generalist_trainer.trainer.errors import CheckpointError
 
 
 def _state(step):

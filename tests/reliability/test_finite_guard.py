@@ -9,13 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-import trainer.training as training
+import generalist_trainer.trainer.training as training
+from generalist_trainer.trainer.checkpoint import BEST, LAST, load_checkpoint
+from generalist_trainer.trainer.cli import main
+from generalist_trainer.trainer.engine.step_metrics import (
+    StepAccumulator,
+    for_network,
+    loss_metric,
+    mean_metric,
+    skipped_metric,
+)
+from generalist_trainer.trainer.errors import TrainerError
+from generalist_trainer.trainer.guards import FiniteGuard, NonFiniteError, first_non_finite
 from tests.reliability.runs import STEPS, tiny_config
-from trainer.checkpoint import BEST, LAST, load_checkpoint
-from trainer.cli import main
-from trainer.engine.step_metrics import StepAccumulator, for_network, loss_metric, mean_metric, skipped_metric
-from trainer.errors import TrainerError
-from trainer.guards import FiniteGuard, NonFiniteError, first_non_finite
 
 # No redistribution in epoch 1 (sync only from epoch 2): a poisoned G stays in G.
 IN_PROCESS = ("train.deterministic=false", "train.threads=0", "method.generalist.sync_start=1.0")
@@ -254,7 +260,7 @@ def test_fp16_training_with_a_real_loss_scaler_counts_its_skipped_steps_and_fini
     """engine.precision=fp16 on the CPU: torch.amp.GradScaler("cpu") is the scaler CUDA runs use. Started at a
     scale of 2^24, the first scaled gradients overflow fp16, so the scaler skips steps (halving its scale)
     until they fit: counted, printed and logged, and the run goes on to the end with finite weights."""
-    from trainer.engine import precision
+    from generalist_trainer.trainer.engine import precision
 
     caplog.set_level(logging.INFO, logger="trainer")  # the guard logs its notes; the CLI shows them on stdout
     real_init = precision.LossScaler.__init__

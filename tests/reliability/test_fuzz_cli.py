@@ -4,7 +4,7 @@ the project's one-line error and exit code 2, never a traceback.
 
 The work itself is stubbed out (training, evaluation): what is fuzzed is everything before it, parsing,
 validation, the resume rules and the run-folder lock. Two subprocess checks make sure the real entry point
-(`python -m trainer`) behaves the same.
+(`python -m generalist_trainer`) behaves the same.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import trainer.eval.saved_models as saved_models
-import trainer.model_loading as model_loading
-import trainer.training as training
+import generalist_trainer.trainer.eval.saved_models as saved_models
+import generalist_trainer.trainer.model_loading as model_loading
+import generalist_trainer.trainer.training as training
+from generalist_trainer.trainer.cli import main
+from generalist_trainer.trainer.config import EvalConfig, RunConfig, to_dict, validate
 from tests.reliability.runs import REPO_ROOT, TINY, subprocess_env
-from trainer.cli import main
-from trainer.config import EvalConfig, RunConfig, to_dict, validate
 
 FUZZ = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -184,7 +184,7 @@ def test_the_fuzzers_reach_acceptance_and_validation(workdir):
 def test_the_real_entry_point_answers_in_one_line(tmp_path, args):
     config = tmp_path / "random.yaml"
     config.write_bytes(bytes(range(256)) * 2)
-    result = subprocess.run([sys.executable, "-m", "trainer", *[a.format(config=config) for a in args]],
+    result = subprocess.run([sys.executable, "-m", "generalist_trainer", *[a.format(config=config) for a in args]],
                             cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()

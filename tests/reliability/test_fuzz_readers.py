@@ -23,15 +23,15 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from generalist_trainer.trainer.config import DataConfig, load_config
+from generalist_trainer.trainer.data import synthetic
+from generalist_trainer.trainer.data.cifar_reader import CIFAR10, CIFAR100, read_cifar_batch
+from generalist_trainer.trainer.data.dataset import load_dataset
+from generalist_trainer.trainer.data.idx_reader import load_idx_split, read_idx
+from generalist_trainer.trainer.data.svhn_reader import load_svhn_split
+from generalist_trainer.trainer.data.synthetic import check_synthetic_config, make_synthetic
+from generalist_trainer.trainer.errors import ConfigError, TrainerError
 from tests.data.file_formats import idx_bytes, python2_batch_bytes
-from trainer.config import DataConfig, load_config
-from trainer.data import synthetic
-from trainer.data.cifar_reader import CIFAR10, CIFAR100, read_cifar_batch
-from trainer.data.dataset import load_dataset
-from trainer.data.idx_reader import load_idx_split, read_idx
-from trainer.data.svhn_reader import load_svhn_split
-from trainer.data.synthetic import check_synthetic_config, make_synthetic
-from trainer.errors import ConfigError, TrainerError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -11,12 +11,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-import trainer.training as training
+import generalist_trainer.trainer.training as training
+from generalist_trainer.trainer.cli import main
+from generalist_trainer.trainer.config import load_config
+from generalist_trainer.trainer.errors import CheckpointError, ConfigError, DatasetError
 from tests.data.file_formats import write_idx_dataset
 from tests.reliability.runs import TINY, tiny_config
-from trainer.cli import main
-from trainer.config import load_config
-from trainer.errors import CheckpointError, ConfigError, DatasetError
 
 IN_PROCESS = ("train.deterministic=false", "train.threads=0")
 
@@ -148,7 +148,7 @@ def test_non_square_images_are_refused_naming_the_dataset(tmp_path):
 
 
 def test_train_and_test_images_of_different_shapes_are_refused(tmp_path):
-    from trainer.eval.saved_models import evaluate_checkpoint
+    from generalist_trainer.trainer.eval.saved_models import evaluate_checkpoint
 
     cfg = _idx_config(tmp_path, _idx_data(tmp_path / "data", 12, 10))
     cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, attacks=("clean",), num_points=8))

@@ -1,4 +1,4 @@
-"""SIGKILL a real `python -m trainer train` at chosen moments of its checkpoint saves, `--resume` each time:
+"""SIGKILL a real `python -m generalist_trainer train` at chosen moments of its checkpoint saves, `--resume` each time:
 the run ends with exactly the parameters (and optimiser, RNG and method state) of an uninterrupted run.
 
 The kills come from the TRAINER_CRASH_AT hook of trainer/checkpoint.py, so each lands at a known step
@@ -8,8 +8,8 @@ before the rename, after the rename but before the folder fsync, and while writi
 
 import os
 
+from generalist_trainer.trainer.checkpoint import BEST, LAST, load_checkpoint, previous_version
 from tests.reliability.runs import STEPS, assert_logged_once, assert_same_state, run_train
-from trainer.checkpoint import BEST, LAST, load_checkpoint, previous_version
 
 SIGKILLED = -9
 

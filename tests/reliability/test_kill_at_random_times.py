@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 
+from generalist_trainer.trainer.checkpoint import BEST, LAST, load_checkpoint
 from tests.reliability.runs import (
     REPO_ROOT,
     STEPS,
@@ -17,7 +18,6 @@ from tests.reliability.runs import (
     subprocess_env,
     train_command,
 )
-from trainer.checkpoint import BEST, LAST, load_checkpoint
 
 KILLS = 3
 STARTED = "steps/epoch"  # printed once the data and networks are built, right before the first step

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from trainer.metrics import MetricsLogger
+from generalist_trainer.trainer.metrics import MetricsLogger
 
 
 def test_a_resume_that_drops_every_epoch_row_logs_under_a_single_header(tmp_path):
@@ -86,7 +86,7 @@ def test_a_kill_while_the_resume_trims_the_logs_loses_no_kept_row(tmp_path, monk
 
 def test_a_fresh_run_starts_its_logs_afresh(tmp_path):
     """A run killed before its first checkpoint is started again from scratch: its logs must not be continued."""
-    import trainer.training as training
+    import generalist_trainer.trainer.training as training
     from tests.reliability.runs import tiny_config
 
     _logged(tmp_path)

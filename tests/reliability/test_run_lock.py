@@ -1,8 +1,8 @@
 """One writer per run folder (trainer/run_lock.py): a second training or a `--resume` of a run that is still
 training is refused, naming the holder, while the first runs on undisturbed; a SIGKILLed holder leaves no lock.
 
-The end-to-end tests run real `python -m trainer train` processes. The holder is paused with SIGSTOP while the
-second one tries (it keeps its lock, as a running process does), so the second always meets a run in progress.
+The end-to-end tests run real `python -m generalist_trainer train` processes. The holder is paused with SIGSTOP while
+the second one tries (it keeps its lock, as a running process does), so the second always meets a run in progress.
 """
 
 import errno
@@ -18,7 +18,10 @@ import time
 import pytest
 import yaml
 
-import trainer.run_lock as run_lock
+import generalist_trainer.trainer.run_lock as run_lock
+from generalist_trainer.trainer.checkpoint import LAST
+from generalist_trainer.trainer.errors import RunFolderInUse
+from generalist_trainer.trainer.run_lock import LOCK_FILE, acquire_run_folder
 from tests.reliability.runs import (
     REPO_ROOT,
     TINY,
@@ -28,9 +31,6 @@ from tests.reliability.runs import (
     subprocess_env,
     train_command,
 )
-from trainer.checkpoint import LAST
-from trainer.errors import RunFolderInUse
-from trainer.run_lock import LOCK_FILE, acquire_run_folder
 
 # A process that takes the lock, says so, and holds it until its stdin closes.
 HOLDER = ("import sys; from trainer.run_lock import acquire_run_folder; "
@@ -176,12 +176,13 @@ def test_a_second_writer_is_refused_and_the_first_run_is_unaffected(tmp_path, re
         _wait_for(lambda: _holds_lock(run, first.pid), first, "the lock")
         first.send_signal(signal.SIGSTOP)
         # Another method into the same folder, before or after its first checkpoint: refused either way.
-        _refused([sys.executable, "-m", "trainer", "train", "--no-eval", *TINY, "method.name=pgd_at",
+        _refused([sys.executable, "-m", "generalist_trainer", "train", "--no-eval", *TINY, "method.name=pgd_at",
                   f"train.out_dir={run}"], first.pid)
         first.send_signal(signal.SIGCONT)
         _wait_for(lambda: (run / LAST).exists(), first, "the first checkpoint")
         first.send_signal(signal.SIGSTOP)
-        message = _refused([sys.executable, "-m", "trainer", "train", "--resume", str(run), "--no-eval"], first.pid)
+        message = _refused([sys.executable, "-m", "generalist_trainer", "train", "--resume", str(run), "--no-eval"],
+                           first.pid)
         assert "(train started " in message
     finally:
         first.send_signal(signal.SIGCONT)

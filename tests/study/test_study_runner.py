@@ -1,5 +1,5 @@
-"""`python -m trainer study`: units run in order by a stand-in interpreter, finished ones skipped, stopped ones
-resumed, a fresh machine continuing from committed results, failures contained."""
+"""`python -m generalist_trainer study`: units run in order by a stand-in interpreter, finished ones skipped, stopped
+ones resumed, a fresh machine continuing from committed results, failures contained."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from trainer.errors import ConfigError
-from trainer.study import StudyRunner, load_plan
+from generalist_trainer.trainer.errors import ConfigError
+from generalist_trainer.trainer.study import StudyRunner, load_plan
 
-# The stand-in for `python -m trainer`: records each call; a training writes DONE, config.yaml and epochs.csv
+# The stand-in for `python -m generalist_trainer`: records each call; a training writes DONE, config.yaml and epochs.csv
 # (its losses from $LOSS so a retrain can differ), an evaluation writes the JSON it is asked for.
 FAKE_PY = textwrap.dedent(r'''
     import json, os, sys
     from pathlib import Path
     args = sys.argv[1:]
-    assert args[:2] == ["-m", "trainer"], args
+    assert args[:2] == ["-m", "generalist_trainer"], args
     with open(os.environ["CALLS"], "a") as f:
         f.write(" ".join(args[2:]) + "\n")
     cmd, rest = args[2], args[3:]
@@ -66,14 +66,14 @@ def study(tmp_path, monkeypatch):
     fake.write_text(FAKE_PY)
     calls = tmp_path / "calls.txt"
     monkeypatch.setenv("CALLS", str(calls))
-    monkeypatch.setattr("trainer.study.runner.POLL_SECONDS", 0.05)
+    monkeypatch.setattr("generalist_trainer.trainer.study.runner.POLL_SECONDS", 0.05)
 
     def run(**kwargs) -> tuple[int, list[str]]:
         before = calls.read_text().splitlines() if calls.exists() else []
         runner = StudyRunner(load_plan(tmp_path / "plan.yaml"), root=tmp_path, python=sys.executable,
                              echo=lambda line: None, **kwargs)
         runner.python = sys.executable
-        # The stand-in script replaces "-m trainer": run it with the same argv shape.
+        # The stand-in script replaces "-m generalist_trainer": run it with the same argv shape.
         original = runner.command
         runner.command = lambda unit: [sys.executable, str(fake), *original(unit)[1:]]
         status = runner.run()
@@ -177,7 +177,7 @@ def test_workers_never_exceed_the_plan(study, monkeypatch):
                 CountingPopen.live -= 1
             return code
 
-    monkeypatch.setattr("trainer.study.runner.subprocess.Popen", CountingPopen)
+    monkeypatch.setattr("generalist_trainer.trainer.study.runner.subprocess.Popen", CountingPopen)
     run(workers=1)
     assert max(seen) == 1
 
@@ -204,13 +204,13 @@ def test_a_bad_plan_is_one_error_naming_the_file_and_field(tmp_path, text, field
 def test_cli_dry_run_and_bad_plan_exit_codes(tmp_path):
     (tmp_path / "plan.yaml").write_text(PLAN)
     root = Path(__file__).resolve().parents[2]
-    ok = subprocess.run([sys.executable, "-m", "trainer", "study", str(tmp_path / "plan.yaml"), "--dry-run"],
+    ok = subprocess.run([sys.executable, "-m", "generalist_trainer", "study", str(tmp_path / "plan.yaml"), "--dry-run"],
                         cwd=root, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     lines = ok.stdout.splitlines()
     assert len(lines) == 7 and all(line.startswith("run ") for line in lines)
     (tmp_path / "bad.yaml").write_bytes(b"\xff\xfe not yaml")
-    bad = subprocess.run([sys.executable, "-m", "trainer", "study", str(tmp_path / "bad.yaml")], cwd=root,
+    bad = subprocess.run([sys.executable, "-m", "generalist_trainer", "study", str(tmp_path / "bad.yaml")], cwd=root,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and "bad.yaml" in bad.stderr
@@ -219,7 +219,7 @@ def test_cli_dry_run_and_bad_plan_exit_codes(tmp_path):
 def test_summary_json_is_written_from_results(study):
     root, run = study
     run()
-    from trainer.study import write_summary
+    from generalist_trainer.trainer.study import write_summary
 
     summary = write_summary(load_plan(root / "plan.yaml"), root)
     data = json.loads((root / "results/study/summary.json").read_text())
@@ -237,7 +237,7 @@ BEST_PLAN = PLAN.replace("  - {name: aa, which: last", BEST_EVAL + "  - {name: a
 def test_best_equal_to_last_reuses_the_last_checkpoints_results(study, monkeypatch, same):
     root, run = study
     (root / "plan.yaml").write_text(BEST_PLAN)
-    monkeypatch.setattr("trainer.study.runner.same_networks", lambda a, b: same)
+    monkeypatch.setattr("generalist_trainer.trainer.study.runner.same_networks", lambda a, b: same)
     status, calls = run()
     assert status == 0
     best_calls = [c for c in calls if "eval_test_best.json" in c]
@@ -257,10 +257,10 @@ def test_same_as_must_name_an_earlier_last_evaluation_with_the_same_overrides(tm
 def test_same_networks_compares_checkpoints_exactly(tmp_path):
     import torch
 
+    from generalist_trainer.trainer.checkpoint import load_checkpoint, save_checkpoint
+    from generalist_trainer.trainer.study.runner import same_networks
+    from generalist_trainer.trainer.training import train
     from tests.core.test_checkpoint_resume import tiny_config
-    from trainer.checkpoint import load_checkpoint, save_checkpoint
-    from trainer.study.runner import same_networks
-    from trainer.training import train
 
     result = train(tiny_config(tmp_path, "train.epochs=1"))
     last = result.run_dir / "last.pt"

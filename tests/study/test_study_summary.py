@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from trainer.study.plan import Column, StudyPlan, SummarySpec
-from trainer.study.summary import markdown, paired_difference, spread, summarise
+from generalist_trainer.trainer.study.plan import Column, StudyPlan, SummarySpec
+from generalist_trainer.trainer.study.summary import markdown, paired_difference, spread, summarise
 
 # Three seeds of three methods, two columns (accuracies in %).
 VALUES = {
@@ -21,7 +21,7 @@ VALUES = {
 def plan() -> StudyPlan:
     from pathlib import Path
 
-    from trainer.study.plan import RunSpec
+    from generalist_trainer.trainer.study.plan import RunSpec
 
     return StudyPlan(name="toy", runs_dir=Path("r"), results_dir=Path("s"),
                      runs=(RunSpec("pgd_at", "c.yaml", (0, 1, 2)),),

@@ -5,16 +5,16 @@ The report (matplotlib) is imported from `trainer.analysis.report` on demand, so
 optional dependency.
 """
 
-from trainer.analysis.eps_sweep import accuracy_vs_eps
-from trainer.analysis.lipschitz import LipschitzConfig, LipschitzEstimate, local_lipschitz
-from trainer.analysis.sanity import (
+from .eps_sweep import accuracy_vs_eps
+from .lipschitz import LipschitzConfig, LipschitzEstimate, local_lipschitz
+from .sanity import (
     RobustnessSanityWarning,
     SanityFinding,
     model_checks,
     result_checks,
     run_sanity_checks,
 )
-from trainer.analysis.separation import nearest_other_label, separation
+from .separation import nearest_other_label, separation
 
 __all__ = [
     "LipschitzConfig",

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from trainer.attacks import PGD
-from trainer.errors import ConfigError
-from trainer.eval.robustness import attacked_mask, correct_mask
+from ..attacks import PGD
+from ..errors import ConfigError
+from ..eval.robustness import attacked_mask, correct_mask
 
 # Radii of the default sweep, as multiples of the run's training eps.
 DEFAULT_EPS_MULTIPLES = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)

@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from trainer.attacks import eval_mode
-from trainer.errors import ConfigError
+from ..attacks import eval_mode
+from ..errors import ConfigError
 
 VARIANTS = ("ascent", "authors_descent")
 # Radius of the ball per dataset (spec/lipschitz.md): 0.1 for MNIST-like data, 0.031 for 32x32 colour images.
@@ -89,7 +89,7 @@ class LipschitzEstimate:
 def default_eps(dataset: str) -> float | None:
     """The spec's ball radius for a dataset (its registry entry's `lipschitz_eps`), or None when the spec names
     none (synthetic data) or the name is not registered."""
-    from trainer.registry import DATASETS, load_registrations
+    from ..registry import DATASETS, load_registrations
 
     load_registrations()
     return DATASETS.get(dataset).lipschitz_eps if dataset in DATASETS else None

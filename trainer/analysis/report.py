@@ -1,4 +1,4 @@
-"""`python -m trainer report RUN_DIR ... --out FILE.md`: a markdown report with PNG plots over runs.
+"""`python -m generalist_trainer report RUN_DIR ... --out FILE.md`: a markdown report with PNG plots over runs.
 
 Reads only what the other commands wrote into each run folder: config.yaml, epochs.csv, steps.jsonl,
 eval_*.json (`trainer eval`), sweep_*.json (`trainer sweep`), lipschitz_*.json (`trainer lipschitz`),
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from trainer.analysis.sanity import SanityFinding, result_checks, warn_findings
-from trainer.config import migrate_stored_config
-from trainer.errors import ConfigError, MissingDependencyError
+from ..config import migrate_stored_config
+from ..errors import ConfigError, MissingDependencyError
+from .sanity import SanityFinding, result_checks, warn_findings
 
 # Accuracy keys shown in tables, in this order; everything else (seconds_*, per-stage AutoAttack) is left out.
 _ACCURACY_KEY = re.compile(r"clean|pgd\d+|pgd_lse\d+|cw\d+|autoattack")
@@ -84,7 +84,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
     path = Path(run_dir)
     config_path = path / "config.yaml"
     if not config_path.is_file():
-        raise ConfigError(f"{path}: no config.yaml; expected a run folder written by `python -m trainer train`")
+        raise ConfigError(f"{path}: no config.yaml; expected a run folder written by `python -m generalist_trainer train`")
     stored = yaml.safe_load(config_path.read_text()) or {}
     # A run folder written before keys were renamed (trainer/config.py RENAMED_KEYS) reads as a new one.
     record = RunRecord(path, migrate_stored_config(stored)[0] if isinstance(stored, dict) else stored)
@@ -493,7 +493,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, *, separation_
     out = Path(out)
     records = [load_run(d) for d in run_dirs]
     if sweep_points > 0:
-        from trainer.analysis.run_analysis import sweep_checkpoint
+        from .run_analysis import sweep_checkpoint
 
         for i, record in enumerate(records):
             if not record.sweeps:
@@ -531,7 +531,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, *, separation_
                 findings += [(f"{r.name}/{file} model {model}", f) for f in result_checks(res)]
     md.append("## Evaluations (accuracy %)\n")
     md.append(_md_table(["run", "file", "model", "points", "eps", "clean", "pgd20", "cw20", "autoattack", "other"],
-                        rows) + "\n" if rows else "No eval_*.json files: run `python -m trainer eval RUN`.\n")
+                        rows) + "\n" if rows else "No eval_*.json files: run `python -m generalist_trainer eval RUN`.\n")
 
     # Trade-off
     groups = group_runs(records)
@@ -575,7 +575,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, *, separation_
         md.append(f"![accuracy against eps]({rel(png)})\n")
         md.append(_md_table(["run", "file", "points", "attack", "clean %", "eps: accuracy %"], sweep_rows) + "\n")
     else:
-        md.append("No sweep_*.json files: run `python -m trainer sweep RUN` (or `report --sweep-points N`).\n")
+        md.append("No sweep_*.json files: run `python -m generalist_trainer sweep RUN` (or `report --sweep-points N`).\n")
 
     # Local Lipschitz
     lip_rows = []
@@ -595,7 +595,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, *, separation_
     for file in separation_files:
         data = _read_json(Path(file))
         if data is None or data.get("kind") != "separation":
-            raise ConfigError(f"{file}: not a separation result; expected the JSON of `python -m trainer separation`")
+            raise ConfigError(f"{file}: not a separation result; expected the JSON of `python -m generalist_trainer separation`")
         for direction in ("train_train", "test_train"):
             if direction in data:
                 s = data[direction]

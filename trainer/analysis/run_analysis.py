@@ -1,5 +1,5 @@
 """The analysis commands on a run's checkpoint or on a dataset: each computes, writes one JSON file and
-returns what it wrote. `python -m trainer sweep | lipschitz | separation` are thin wrappers of these.
+returns what it wrote. `python -m generalist_trainer sweep | lipschitz | separation` are thin wrappers of these.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.analysis.eps_sweep import DEFAULT_EPS_MULTIPLES, accuracy_vs_eps
-from trainer.analysis.lipschitz import LipschitzConfig, default_eps, estimate_models
-from trainer.analysis.sanity import curve_checks, model_checks, warn_findings
-from trainer.analysis.separation import separation
-from trainer.checkpoint import atomic_write, resolve_checkpoint
-from trainer.config import DataConfig
-from trainer.data import load_dataset
-from trainer.errors import ConfigError
-from trainer.runtime import resolve_device
-from trainer.session import Session, dataset_tensors, session_from_checkpoint
+from ..checkpoint import atomic_write, resolve_checkpoint
+from ..config import DataConfig
+from ..data import load_dataset
+from ..errors import ConfigError
+from ..runtime import resolve_device
+from ..session import Session, dataset_tensors, session_from_checkpoint
+from .eps_sweep import DEFAULT_EPS_MULTIPLES, accuracy_vs_eps
+from .lipschitz import LipschitzConfig, default_eps, estimate_models
+from .sanity import curve_checks, model_checks, warn_findings
+from .separation import separation
 
 SPLIT_NAMES = ("train", "test")
 
@@ -154,7 +154,7 @@ def dataset_separation(dataset: str = "fashion-mnist", *, data_dir: str | None =
     separation_<dataset>.json in the current folder unless `out` is given. `train_points` /
     `test_points` keep only a prefix (for a quick look; the published numbers use every point).
     """
-    from trainer.registry import DATASETS, load_registrations
+    from ..registry import DATASETS, load_registrations
 
     load_registrations()
     if dataset not in DATASETS:

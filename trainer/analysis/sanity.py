@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.attacks import eval_mode
+from ..attacks import eval_mode
 
 # Linf radius at which every image in [0, 1] can be moved to the all-0.5 image: any classifier then
 # answers one class for all points, so its accuracy is at most the largest class share.

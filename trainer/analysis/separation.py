@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from trainer.errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError
 
 # Reference block cap: larger blocks only shrink the query block without speeding cdist up.
 _MAX_REF_BLOCK = 8192

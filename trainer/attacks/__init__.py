@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from trainer.attacks.base import Attack, eval_mode
-from trainer.attacks.cw import CWLinf, cw_margin
-from trainer.attacks.early_stop_pgd import EarlyStopPGD
-from trainer.attacks.pgd import PGD
-from trainer.attacks.trades_kl import TradesKL
-from trainer.config import AttackConfig
+from ..config import AttackConfig
+from .base import Attack, eval_mode
+from .cw import CWLinf, cw_margin
+from .early_stop_pgd import EarlyStopPGD
+from .per_sample_pgd import PerSamplePGD
+from .pgd import PGD
+from .trades_kl import TradesKL
 
-__all__ = ["Attack", "CWLinf", "EarlyStopPGD", "PGD", "TradesKL", "build_train_attack", "cw_margin", "eval_mode"]
+__all__ = ["Attack", "CWLinf", "EarlyStopPGD", "PGD", "PerSamplePGD", "TradesKL", "build_train_attack", "cw_margin",
+           "eval_mode"]
 
 
 def build_train_attack(cfg: AttackConfig) -> PGD:

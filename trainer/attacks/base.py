@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from trainer.errors import ConfigError
+from ..errors import ConfigError
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.attacks.pgd import PGD
+from .pgd import PGD
 
 
 def cw_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

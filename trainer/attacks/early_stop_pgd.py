@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import pgd_l2_step_, pgd_linf_step_
-from trainer.attacks.pgd import PGD
-from trainer.errors import ConfigError
+from ...kernels import pgd_l2_step_, pgd_linf_step_
+from ..errors import ConfigError
+from .pgd import PGD
 
 
 class EarlyStopPGD(PGD):

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import pgd_l2_step_, pgd_linf_step_, pgd_random_start
-from trainer.attacks.base import Attack, draw_seed, local_generator
-from trainer.errors import ConfigError
+from ...kernels import pgd_l2_step_, pgd_linf_step_, pgd_random_start
+from ..errors import ConfigError
+from .base import Attack, draw_seed, local_generator
 
 NORMS = ("linf", "l2")
 

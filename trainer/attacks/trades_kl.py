@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import pgd_linf_step_
-from trainer.attacks.base import Attack, draw_seed, local_generator
+from ...kernels import pgd_linf_step_
+from .base import Attack, draw_seed, local_generator
 
 
 class TradesKL(Attack):

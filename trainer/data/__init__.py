@@ -3,10 +3,10 @@ batch loaders."""
 
 import importlib
 
-from trainer.data.augment import augmentation_defaults
-from trainer.data.cpu_loader import CpuLoader
-from trainer.data.dali_loader import DaliFolderLoader, DaliLoader, dali_available
-from trainer.data.dataset import (
+from .augment import augmentation_defaults
+from .cpu_loader import CpuLoader
+from .dali_loader import DaliFolderLoader, DaliLoader, dali_available
+from .dataset import (
     ArrayDataset,
     DatasetFacts,
     DatasetSpec,
@@ -16,14 +16,14 @@ from trainer.data.dataset import (
     load_dataset,
     load_splits,
 )
-from trainer.data.gpu_loader import GpuLoader
-from trainer.data.loaders import build_train_loader, choose_loader
-from trainer.data.torch_loader import TorchLoader
+from .gpu_loader import GpuLoader
+from .loaders import build_train_loader, choose_loader
+from .torch_loader import TorchLoader
 
 # Each reader module registers its datasets (trainer/registry.py DATASETS) when imported; this order is the order
 # of the names data.dataset accepts.
 for _module in ("idx_reader", "cifar_reader", "svhn_reader", "synthetic"):
-    importlib.import_module(f"trainer.data.{_module}")
+    importlib.import_module(f"generalist_trainer.trainer.data.{_module}")
 
 __all__ = ["ArrayDataset", "CpuLoader", "DaliFolderLoader", "DaliLoader", "DataSplits", "DatasetFacts", "DatasetSpec",
            "GpuLoader", "TorchLoader", "augmentation_defaults", "build_train_loader", "choose_loader", "dali_available",

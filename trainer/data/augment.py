@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.data.dataset import dataset_spec
+from .dataset import dataset_spec
 
 # Crop padding by image side when the dataset's registry entry leaves it unset.
 _PADDING_BY_SIZE = {32: 4, 28: 2}

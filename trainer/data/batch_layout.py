@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sized
 from dataclasses import dataclass
 
-from trainer.data.cpu_loader import CpuLoader, EpochPlan
-from trainer.errors import ConfigError
+from ..errors import ConfigError
+from .cpu_loader import CpuLoader, EpochPlan
 
 
 class EpochPlanner:

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from trainer.config import DataConfig
-from trainer.data.dataset import DatasetFacts, DatasetSpec
-from trainer.errors import DatasetError
-from trainer.registry import DATASETS
+from ..config import DataConfig
+from ..errors import DatasetError
+from ..registry import DATASETS
+from .dataset import DatasetFacts, DatasetSpec
 
 _SIDE = 32
 _ROW_LENGTH = 3 * _SIDE * _SIDE

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainer.data.augment import crop_and_flip, draw_crop_offsets, draw_flips
-from trainer.data.dataset import ArrayDataset
-from trainer.errors import ConfigError
+from ..errors import ConfigError
+from .augment import crop_and_flip, draw_crop_offsets, draw_flips
+from .dataset import ArrayDataset
 
 # Entropy word that keeps the loader's random streams apart from the split's for the same seed.
 _LOADER_STREAM = 0x10AD
@@ -93,14 +93,26 @@ class CpuLoader:
         # Checked here rather than inside the generator, so bad arguments fail at the call.
         return self._iterate(self.epoch_plan(epoch), start, total)
 
+    def batch_indices(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """(b,) int64 host tensors: the dataset indices of the rows of batches start, start + 1, ... of `epoch`,
+        row for row as `batches` yields them (for objectives with per-sample state, IAT)."""
+        total = len(self)
+        if not 0 <= start <= total:
+            raise ConfigError(f"start batch {start!r}: expected 0..{total} (batches per epoch)")
+        order = self.epoch_plan(epoch).order
+        return (torch.from_numpy(order[self._span(k)]) for k in range(start, total))
+
+    def _span(self, k: int) -> slice:
+        """Epoch positions of this rank's rows of global batch k, clipped to the epoch's end."""
+        count = len(self.dataset)
+        first = k * self.batch_size + self.rank * self.local_batch_size
+        return slice(min(first, count), min(first + self.local_batch_size, count))
+
     def _iterate(self, plan: EpochPlan, start: int,
                  total: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         augment = self.padding > 0 or self.flip
-        count = len(self.dataset)
         for k in range(start, total):
-            # This rank's rows of global batch k, clipped to the epoch's end.
-            first = k * self.batch_size + self.rank * self.local_batch_size
-            span = slice(min(first, count), min(first + self.local_batch_size, count))
+            span = self._span(k)
             indices = plan.order[span]
             # (B, H, W, C) uint8 -> (B, C, H, W) view; augmenting uint8 moves a quarter of the bytes.
             images = torch.from_numpy(self.dataset.images[indices]).permute(0, 3, 1, 2)

@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.data.batch_layout import BatchLayout, EpochPlanner
-from trainer.data.cpu_loader import EpochPlan
-from trainer.data.dataset import ArrayDataset
-from trainer.errors import ConfigError, DatasetError, MissingDependencyError
+from ..errors import ConfigError, DatasetError, MissingDependencyError
+from .batch_layout import BatchLayout, EpochPlanner
+from .cpu_loader import EpochPlan
+from .dataset import ArrayDataset
 
 DALI_INSTALL_HINT = "pip install nvidia-dali-cuda130 (or the project's 'dali' extra: pip install -e '.[dali]')"
 # Extensions of the files the folder reader lists (those DALI's image decoder handles).

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.config import DataConfig
-from trainer.errors import ConfigError, DatasetError
-from trainer.registry import DATASETS
+from ..config import DataConfig
+from ..errors import ConfigError, DatasetError
+from ..registry import DATASETS
 
 SPLITS = ("train", "test")
 # Entropy word that keeps the split's random stream apart from the loader's for the same seed.

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import torch
 
-from trainer.data.augment import crop_and_flip
-from trainer.data.batch_layout import BatchLayout, EpochPlanner
-from trainer.data.dataset import ArrayDataset
+from .augment import crop_and_flip
+from .batch_layout import BatchLayout, EpochPlanner
+from .dataset import ArrayDataset
 
 # Per device: pixel byte b -> b / 255 in fp32 (256 values), computed once on the CPU.
 _UNIT_TABLES: dict[torch.device, torch.Tensor] = {}

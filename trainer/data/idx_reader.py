@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.config import DataConfig
-from trainer.data.dataset import DatasetFacts, DatasetSpec
-from trainer.errors import DatasetError
-from trainer.registry import DATASETS
+from ..config import DataConfig
+from ..errors import DatasetError
+from ..registry import DATASETS
+from .dataset import DatasetFacts, DatasetSpec
 
 # (images, labels) file names of each split, without the optional .gz suffix.
 IDX_FILES = {

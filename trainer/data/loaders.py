@@ -23,13 +23,13 @@ import logging
 
 import torch
 
-from trainer.config import LOADERS, DataConfig
-from trainer.data.cpu_loader import CpuLoader
-from trainer.data.dali_loader import DaliLoader
-from trainer.data.dataset import ArrayDataset
-from trainer.data.gpu_loader import GpuLoader
-from trainer.data.torch_loader import TorchLoader
-from trainer.errors import ConfigError
+from ..config import LOADERS, DataConfig
+from ..errors import ConfigError
+from .cpu_loader import CpuLoader
+from .dali_loader import DaliLoader
+from .dataset import ArrayDataset
+from .gpu_loader import GpuLoader
+from .torch_loader import TorchLoader
 
 # Share of the device's total memory the resident dataset may take under `auto`; the rest is left
 # to the networks, activations and attack buffers (CIFAR-10's 50k training images are 150 MB).

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.config import DataConfig
-from trainer.data.dataset import DatasetFacts, DatasetSpec
-from trainer.errors import DatasetError
-from trainer.registry import DATASETS
+from ..config import DataConfig
+from ..errors import DatasetError
+from ..registry import DATASETS
+from .dataset import DatasetFacts, DatasetSpec
 
 SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 EXPECTED_SVHN_FILES = ", ".join(SVHN_FILES.values())

@@ -13,10 +13,10 @@ import math
 
 import numpy as np
 
-from trainer.config import DataConfig
-from trainer.data.dataset import DatasetFacts, DatasetSpec
-from trainer.errors import ConfigError
-from trainer.registry import DATASETS
+from ..config import DataConfig
+from ..errors import ConfigError
+from ..registry import DATASETS
+from .dataset import DatasetFacts, DatasetSpec
 
 SYNTHETIC_SEED = 0x5EED
 _SPLIT_STREAM = {"train": 1, "test": 2}

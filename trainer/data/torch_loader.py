@@ -15,12 +15,12 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from trainer.data.augment import crop_and_flip
-from trainer.data.batch_layout import BatchLayout, EpochPlanner
-from trainer.data.cpu_loader import EpochPlan
-from trainer.data.dataset import ArrayDataset
-from trainer.data.gpu_loader import bytes_to_unit
-from trainer.errors import ConfigError
+from ..errors import ConfigError
+from .augment import crop_and_flip
+from .batch_layout import BatchLayout, EpochPlanner
+from .cpu_loader import EpochPlan
+from .dataset import ArrayDataset
+from .gpu_loader import bytes_to_unit
 
 # A sample is addressed by (epoch, position in that epoch's order).
 SampleKey = tuple[int, int]

@@ -4,13 +4,13 @@ phases the profiler and the end-to-end benchmark see. `engine.*` in the run conf
 `Engine` is what a method holds. The profile command lives in trainer/engine/profiling.py.
 """
 
-from trainer.engine.cudnn_tf32 import apply_cudnn_tf32_policy, cudnn_tf32_state, restore_cudnn_tf32_state
-from trainer.engine.engine import Engine
-from trainer.engine.phases import PHASES, PhaseTimer, phase, phase_ranges, timing_phases
-from trainer.engine.precision import LossScaler, Precision, autocast
-from trainer.engine.settings import EngineSettings, resolve_engine
-from trainer.engine.step_metrics import Kind, Metric, StepAccumulator, StepMetrics, host_values
-from trainer.engine.streams import ExpertStreams, draw_update_seed, independent_rng
+from .cudnn_tf32 import apply_cudnn_tf32_policy, cudnn_tf32_state, restore_cudnn_tf32_state
+from .engine import Engine
+from .phases import PHASES, PhaseTimer, phase, phase_ranges, timing_phases
+from .precision import LossScaler, Precision, autocast
+from .settings import EngineSettings, resolve_engine
+from .step_metrics import Kind, Metric, StepAccumulator, StepMetrics, host_values
+from .streams import ExpertStreams, draw_update_seed, independent_rng
 
 __all__ = ["PHASES", "Engine", "EngineSettings", "ExpertStreams", "Kind", "LossScaler", "Metric", "PhaseTimer",
            "Precision", "StepAccumulator", "StepMetrics", "apply_cudnn_tf32_policy", "autocast", "cudnn_tf32_state",

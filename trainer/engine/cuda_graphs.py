@@ -36,9 +36,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from trainer.attacks.base import eval_mode
-from trainer.attacks.pgd import PGD, l2_random_start
-from trainer.engine.step_metrics import StepMetrics
+from ..attacks.base import eval_mode
+from ..attacks.pgd import PGD, l2_random_start
+from .step_metrics import StepMetrics
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], StepMetrics]
 

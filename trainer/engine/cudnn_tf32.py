@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.engine.settings import EngineSettings
+from .settings import EngineSettings
 
 
 def cudnn_tf32_state() -> dict[str, object]:

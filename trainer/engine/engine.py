@@ -18,15 +18,15 @@ from contextlib import AbstractContextManager
 import torch
 from torch import nn
 
-from trainer.attacks import PGD, build_train_attack
-from trainer.config import AttackConfig, OptimConfig, RunConfig
-from trainer.distributed import is_distributed
-from trainer.engine.compile import compile_module
-from trainer.engine.cuda_graphs import GraphedStep, GraphSafePGD, StepFn
-from trainer.engine.precision import LossScaler, Precision
-from trainer.engine.settings import EngineSettings, resolve_engine
-from trainer.engine.streams import ExpertStreams
-from trainer.optim import build_sgd
+from ..attacks import PGD, build_train_attack
+from ..config import AttackConfig, OptimConfig, RunConfig
+from ..distributed import is_distributed
+from ..optim import build_sgd
+from .compile import compile_module
+from .cuda_graphs import GraphedStep, GraphSafePGD, StepFn
+from .precision import LossScaler, Precision
+from .settings import EngineSettings, resolve_engine
+from .streams import ExpertStreams
 
 
 class Engine:

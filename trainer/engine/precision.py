@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from trainer.engine.settings import AUTOCAST_DTYPES
+from .settings import AUTOCAST_DTYPES
 
 
 def autocast(precision: str, device: torch.device, *, cache_enabled: bool = True) -> AbstractContextManager:

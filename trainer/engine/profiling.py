@@ -1,4 +1,4 @@
-"""`python -m trainer profile`: a torch.profiler trace of N training iterations, with one range per phase.
+"""`python -m generalist_trainer profile`: a torch.profiler trace of N training iterations, with one range per phase.
 
 The run is built exactly as `train` builds it (seed, data splits, method, engine, cuDNN/TF32 policy, training
 loader), then a few warm-up iterations run unrecorded (cuDNN autotuning, torch.compile, the CUDA graph
@@ -19,38 +19,30 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import RunConfig
-from trainer.data import augmentation_defaults, build_train_loader
-from trainer.engine.cudnn_tf32 import apply_cudnn_tf32_policy
-from trainer.engine.phases import PHASES, phase, phase_ranges
-from trainer.errors import ConfigError
-from trainer.runtime import configure_threads, seed_everything
-from trainer.session import Session, open_session
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..runtime import configure_threads, seed_everything
+from ..session import open_session
+from .cudnn_tf32 import apply_cudnn_tf32_policy
+from .phases import PHASES, phase, phase_ranges
 
 log = logging.getLogger(__name__)
 
 
-def endless_batches(loader, device: torch.device, first_epoch: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The loader's batches, epoch after epoch, moved to `device` (a no-op for device-resident loaders)."""
+def endless_batches(loader, device: torch.device, first_epoch: int = 1, *,
+                    with_index: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The loader's batches (x, y), epoch after epoch, moved to `device` (a no-op for device-resident loaders);
+    with_index: (x, y, index), index the rows' dataset indices (for an objective with per-sample state, IAT)."""
     epoch = first_epoch
     while True:
-        for x, y in loader.batches(epoch):
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if not with_index:
+            for x, y in loader.batches(epoch):
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        else:
+            for (x, y), index in zip(loader.batches(epoch), loader.batch_indices(epoch)):
+                yield (x.to(device, non_blocking=True), y.to(device, non_blocking=True),
+                       index.to(device, non_blocking=True))
         epoch += 1
-
-
-def training_loader(session: Session):
-    """The shuffled, augmented training loader `train` would build for this session (one process)."""
-    cfg = session.cfg
-    pad_default, flip_default = augmentation_defaults(cfg.data.dataset, session.splits.train.image_size)
-    padding = pad_default if cfg.data.crop_padding is None else cfg.data.crop_padding
-    flip = flip_default if cfg.data.flip is None else cfg.data.flip
-    loader = build_train_loader(cfg.data, session.splits.train, device=session.device, seed=cfg.train.seed,
-                                padding=padding, flip=flip)
-    if len(loader) == 0:
-        raise ConfigError(f"config field 'data.batch_size' = {cfg.data.batch_size}: larger than the "
-                          f"{len(session.splits.train)} training images (drop_last leaves no batch)")
-    return loader
 
 
 def _synchronize(device: torch.device) -> None:
@@ -79,12 +71,12 @@ def profile_training(cfg: RunConfig, *, steps: int = 5, warmup: int | None = Non
     if warmup is None:
         warmup = settings.cuda_graph_warmup_steps + 1 if settings.cuda_graphs else 2
     method.start_epoch(1)
-    batches = endless_batches(training_loader(session), device)
+    batches = endless_batches(session.train_loader(), device, with_index=method.needs_sample_index)
 
     def iteration() -> None:
         with phase("data"):
-            x, y = next(batches)
-        method.device_step(x, y)  # no host read: the profile shows the step as training runs it
+            batch = next(batches)  # (x, y), or (x, y, index) for an objective with per-sample state
+        method.device_step(*batch)  # no host read: the profile shows the step as training runs it
 
     for _ in range(warmup):
         iteration()

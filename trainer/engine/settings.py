@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.config import RunConfig
-from trainer.errors import ConfigError
+from ..config import RunConfig
+from ..errors import ConfigError
 
 # What each precision name autocasts to; fp32 runs without autocast.
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}

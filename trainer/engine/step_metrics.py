@@ -269,7 +269,7 @@ class StepAccumulator:
         return the same, with nothing new skipped)."""
         if self._snapshot is not None and not self._dirty:
             return dataclasses.replace(self._snapshot, new_skipped=0)
-        from trainer.distributed import all_reduce_min, all_reduce_sum, is_distributed, world_size
+        from ..distributed import all_reduce_min, all_reduce_sum, is_distributed, world_size
 
         last = self._last if self._last is not None else self._loss_code.new_zeros(0)
         sums = self._sums if self._sums is not None else self._loss_code.new_zeros(0)

@@ -2,8 +2,8 @@
 `nn.Module` that takes [0,1] NCHW inputs and returns (N, C) logits (normalisation inside the model, eps in
 pixel space, as in RobustBench's model zoo).
 
-The same code as `python -m trainer eval`: trainer/eval/robustness.py `evaluate_model`, the resumable AutoAttack
-of trainer/eval/autoattack_resumable.py, and under torchrun the sharing of the points over the ranks
+The same code as `python -m generalist_trainer eval`: trainer/eval/robustness.py `evaluate_model`, the resumable
+AutoAttack of trainer/eval/autoattack_resumable.py, and under torchrun the sharing of the points over the ranks
 (trainer/eval/sharded.py).
 """
 
@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.analysis.sanity import model_checks, result_checks, warn_findings
-from trainer.config import AttackConfig, DataConfig, EvalConfig, RunConfig, validate
-from trainer.distributed import init_distributed, is_distributed, is_rank0, launch_env
-from trainer.eval.progress import EvalProgress, as_progress
-from trainer.eval.robustness import evaluate_model
-from trainer.eval.sharded import evaluate_across_ranks
+from ..analysis.sanity import model_checks, result_checks, warn_findings
+from ..config import AttackConfig, DataConfig, EvalConfig, RunConfig, validate
+from ..distributed import init_distributed, is_distributed, is_rank0, launch_env
+from .progress import EvalProgress, as_progress
+from .robustness import evaluate_model
+from .sharded import evaluate_across_ranks
 
 # The model sanity checks look at this many points (as `evaluate_checkpoint` does).
 SANITY_POINTS = 64

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.errors import MissingDependencyError
+from ..errors import MissingDependencyError
 
 # The attacks of eval.autoattack_version "apgd", in standard's order.
 APGD_ATTACKS = ("apgd-ce", "apgd-t")

@@ -25,10 +25,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.checkpoint import atomic_write, unwrap
-from trainer.errors import CheckpointError
-from trainer.eval.autoattack_adapter import build_autoattack
-from trainer.eval.progress import EvalProgress
+from ..checkpoint import atomic_write, unwrap
+from ..errors import CheckpointError
+from .autoattack_adapter import build_autoattack
+from .progress import EvalProgress
 
 STATE_FORMAT = 1
 _clock = time.perf_counter  # a name of its own so that the timing test can count ticks instead

@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.attacks import PGD, CWLinf, eval_mode
-from trainer.checkpoint import unwrap
-from trainer.config import AttackConfig, EvalConfig
-from trainer.eval.autoattack_resumable import autoattack_robust
-from trainer.eval.class_fold import logsumexp_view
-from trainer.eval.progress import EvalProgress, Stage, as_progress
+from ..attacks import PGD, CWLinf, eval_mode
+from ..checkpoint import unwrap
+from ..config import AttackConfig, EvalConfig
+from .autoattack_resumable import autoattack_robust
+from .class_fold import logsumexp_view
+from .progress import EvalProgress, Stage, as_progress
 
 # The key of a model's result that names the earlier model holding the same weights (evaluate_models).
 SAME_WEIGHTS = "same_weights_as"

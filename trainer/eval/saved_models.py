@@ -14,24 +14,24 @@ from pathlib import Path
 
 import torch
 
-from trainer.analysis.sanity import SanityFinding, model_checks, result_checks, warn_findings
-from trainer.checkpoint import (
+from ..analysis.sanity import SanityFinding, model_checks, result_checks, warn_findings
+from ..checkpoint import (
     atomic_write,
     check_output_file,
     load_export,
     resolve_checkpoint,
 )
-from trainer.config import AttackConfig, DataConfig, EvalConfig, RunConfig, to_dict, validate
-from trainer.data import ArrayDataset, load_dataset
-from trainer.distributed import init_distributed, is_distributed, is_rank0, world_size
-from trainer.errors import CheckpointError, ConfigError
-from trainer.eval import evaluate_models
-from trainer.eval.progress import EvalProgress
-from trainer.eval.robustness import SAME_WEIGHTS, autoattack_state_files
-from trainer.eval.sharded import evaluate_across_ranks
-from trainer.metrics import format_percent, table
-from trainer.runtime import resolve_device
-from trainer.session import dataset_tensors, session_from_checkpoint
+from ..config import AttackConfig, DataConfig, EvalConfig, RunConfig, to_dict, validate
+from ..data import ArrayDataset, load_dataset
+from ..distributed import init_distributed, is_distributed, is_rank0, world_size
+from ..errors import CheckpointError, ConfigError
+from ..metrics import format_percent, table
+from ..runtime import resolve_device
+from ..session import dataset_tensors, session_from_checkpoint
+from . import evaluate_models
+from .progress import EvalProgress
+from .robustness import SAME_WEIGHTS, autoattack_state_files
+from .sharded import evaluate_across_ranks
 
 # What `evaluate_checkpoint` can attack: the test set, or the run's own training images (without augmentation),
 # for the generalisation gaps of spec/lipschitz.md.
@@ -101,7 +101,7 @@ def evaluate_export(export_dir: str | Path, *, eval_cfg: EvalConfig | None = Non
     """
     folder = Path(export_dir)
     if not folder.is_dir():
-        raise CheckpointError(f"export folder {folder}: not found (expected the folder `python -m trainer export` "
+        raise CheckpointError(f"export folder {folder}: not found (expected the folder `python -m generalist_trainer export` "
                               "wrote: model.safetensors and config.json)")
     model = load_export(folder)  # names a missing or broken file
     meta = json.loads((folder / "config.json").read_text())

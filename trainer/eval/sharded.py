@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import AttackConfig, EvalConfig
-from trainer.distributed import all_reduce_max, all_reduce_sum, shard_bounds, world_size
-from trainer.errors import ConfigError
-from trainer.eval.progress import EvalProgress
-from trainer.eval.robustness import copy_to_duplicates, evaluate_models, same_weights
+from ..config import AttackConfig, EvalConfig
+from ..distributed import all_reduce_max, all_reduce_sum, shard_bounds, world_size
+from ..errors import ConfigError
+from .progress import EvalProgress
+from .robustness import copy_to_duplicates, evaluate_models, same_weights
 
 
 def evaluate_across_ranks(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor, ecfg: EvalConfig,

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from trainer.config import RunConfig
-from trainer.errors import ConfigError
-from trainer.methods.adversarial import AdversarialTraining
-from trainer.methods.base import Method, ModelFactory
-from trainer.methods.generalist import Generalist
-from trainer.methods.natural import Natural
-from trainer.registry import METHODS, OBJECTIVES, method_names
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..registry import METHODS, OBJECTIVES, method_names
+from .adversarial import AdversarialTraining
+from .base import Method, ModelFactory
+from .generalist import Generalist
+from .natural import Natural
 
 
 def method_class(name: str) -> type[Method]:

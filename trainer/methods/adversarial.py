@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import torch
 
-from trainer.config import OptimConfig, RunConfig
-from trainer.engine import Engine
-from trainer.engine.step_metrics import StepMetrics
-from trainer.methods.base import ModelFactory, SingleNetworkMethod
-from trainer.objectives import Objective, build_objective
+from ..config import OptimConfig, RunConfig
+from ..engine import Engine
+from ..engine.step_metrics import StepMetrics
+from ..objectives import Objective, build_objective
+from .base import ModelFactory, SingleNetworkMethod
 
 
 class AdversarialTraining(SingleNetworkMethod):
@@ -36,8 +36,9 @@ class AdversarialTraining(SingleNetworkMethod):
         method.cfg = cfg
         return method
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, StepMetrics]:
-        return self.objective(self.run_model, self.train_model, x, y)
+    def loss(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, StepMetrics]:
+        return self.objective(self.run_model, self.train_model, x, y, index)
 
     def step_attack(self) -> object | None:
         return self.objective.attack

@@ -8,13 +8,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from trainer.config import OptimConfig, RunConfig
-from trainer.distributed import average_buffers_, data_parallel, rank, world_size
-from trainer.engine import Engine, LossScaler, phase
-from trainer.engine.step_metrics import StepMetrics, for_network, host_values, loss_metric, mean_metric, skipped_metric
-from trainer.engine.streams import RankRandomForward
-from trainer.objectives.base import batch_accuracy, cross_entropy  # noqa: F401  (re-exported for the methods)
-from trainer.optim import set_lr
+from ..config import OptimConfig, RunConfig
+from ..distributed import average_buffers_, data_parallel, rank, world_size
+from ..engine import Engine, LossScaler, phase
+from ..engine.step_metrics import StepMetrics, for_network, host_values, loss_metric, mean_metric, skipped_metric
+from ..engine.streams import RankRandomForward
+from ..objectives.base import batch_accuracy, cross_entropy  # noqa: F401  (re-exported for the methods)
+from ..optim import set_lr
 
 ModelFactory = Callable[[], nn.Module]
 
@@ -79,13 +79,26 @@ class Method(ABC):
         """Set the epoch's schedule values (1-based epoch); return them for logging."""
 
     @abstractmethod
-    def device_step(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
+    def device_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepMetrics:
         """One optimisation step on a batch of [0,1] inputs; its metrics stay on the device, typed (what the
-        training loop calls: no host read inside the step, trainer/engine/step_metrics.py)."""
+        training loop calls: no host read inside the step, trainer/engine/step_metrics.py). `index` (N,) int64 on
+        the device: the rows' dataset indices, given when `needs_sample_index` (else None)."""
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> dict[str, float]:
         """`device_step`, then its metrics as floats: one device-to-host copy, which waits for the step to finish."""
-        return host_values(self.device_step(x, y))
+        return host_values(self.device_step(x, y, index))
+
+    @property
+    def needs_sample_index(self) -> bool:
+        """Whether `device_step` needs the batch's dataset indices (an objective with per-sample state: IAT)."""
+        objective = getattr(self, "objective", None)
+        return bool(getattr(objective, "needs_sample_index", False))
+
+    def set_training_size(self, num_samples: int) -> None:
+        """The training set's size (dataset indices 0 .. num_samples - 1), for per-sample state."""
+        objective = getattr(self, "objective", None)
+        if objective is not None:
+            objective.set_training_size(num_samples)
 
     def training_attacks(self) -> list:
         """The attacks the training step runs (their random starts follow `set_sample_window`)."""
@@ -183,11 +196,11 @@ class SingleNetworkMethod(Method):
         """The attack whose diagnostics the step metrics report (None: no attack)."""
         return None
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
+    def _step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepMetrics:
         """Loss, backward, optimiser step; metrics stay on the device (the CUDA-graph-captured function)."""
         with phase(self.update_phase):
             with self.engine.autocast():
-                loss, metrics = self.loss(x, y)
+                loss, metrics = self.loss(x, y) if index is None else self.loss(x, y, index)
             # Under DDP the backward also averages the gradients over ranks.
             skipped = self.scaler.update(loss, self.optimizer)
         out: StepMetrics = {"loss": loss_metric(loss, "model"), **for_network(metrics, "model")}
@@ -196,9 +209,10 @@ class SingleNetworkMethod(Method):
             out["skipped_steps"] = skipped_metric(skipped)
         return out
 
-    def device_step(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
+    def device_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepMetrics:
         x = self.engine.prepare(x)
-        metrics = self.graphed_step(x, y) if self.graphed_step is not None else self._step(x, y)
+        # An objective that needs `index` is not graph-capturable (the config refuses engine.cuda_graphs with it).
+        metrics = self.graphed_step(x, y) if self.graphed_step is not None else self._step(x, y, index)
         if self.data_parallel:
             average_buffers_(self.model)
         self.global_step += 1

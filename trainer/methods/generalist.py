@@ -17,16 +17,16 @@ import copy
 import torch
 from torch import nn
 
-from kernels import FlatArena, generalist_average_
-from trainer.config import GeneralistConfig, RunConfig
-from trainer.distributed import average_buffers_
-from trainer.engine import Engine, LossScaler, draw_update_seed, independent_rng, phase
-from trainer.engine.step_metrics import StepMetrics, for_network, loss_metric, mean_metric, skipped_metric
-from trainer.methods.base import Method, ModelFactory, attack_metrics
-from trainer.methods.generalist_schedule import ema_decay, is_sync_epoch, mix_beta
-from trainer.objectives import CleanObjective, Objective, build_objective
-from trainer.optim import set_lr
-from trainer.registry import METHODS
+from ...kernels import FlatArena, generalist_average_
+from ..config import GeneralistConfig, RunConfig
+from ..distributed import average_buffers_
+from ..engine import Engine, LossScaler, draw_update_seed, independent_rng, phase
+from ..engine.step_metrics import StepMetrics, for_network, loss_metric, mean_metric, skipped_metric
+from ..objectives import CleanObjective, Objective, build_objective
+from ..optim import set_lr
+from ..registry import METHODS
+from .base import Method, ModelFactory, attack_metrics
+from .generalist_schedule import ema_decay, is_sync_epoch, mix_beta
 
 
 def pack_integer_buffers(arenas: list[FlatArena]) -> torch.Tensor | None:
@@ -170,12 +170,13 @@ class Generalist(Method):
         super().load_extra_state(state)
         self.objective.load_extra_state(state.get("objective", {}))
 
-    def _robust_update(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
-        """The robust expert's attack and optimiser step; reads only x, y and the robust expert's own state."""
+    def _robust_update(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepMetrics:
+        """The robust expert's attack and optimiser step; reads only x, y (index: the rows' dataset indices, for an
+        objective with per-sample state) and the robust expert's own state."""
         with phase("robust_update"):
             with self.engine.autocast():
                 # The objective's attack (eval mode inside: BatchNorm running statistics untouched), then its loss.
-                loss, metrics = self.objective(self.robust_run, self.robust_train, x, y)
+                loss, metrics = self.objective(self.robust_run, self.robust_train, x, y, index)
             skipped = self.robust_scaler.update(loss, self.robust_optimizer)
         out: StepMetrics = {"robust_loss": loss_metric(loss, "robust"),
                             **{f"robust_{k}": v for k, v in for_network(metrics, "robust").items()}}
@@ -203,8 +204,8 @@ class Generalist(Method):
             merged["skipped_steps"] = skipped_metric(robust["skipped_steps"].value + natural["skipped_steps"].value)
         return merged
 
-    def expert_updates(self, x: torch.Tensor, y: torch.Tensor, *, order: str = "robust_first"
-                       ) -> StepMetrics:
+    def expert_updates(self, x: torch.Tensor, y: torch.Tensor, *, order: str = "robust_first",
+                       index: torch.Tensor | None = None) -> StepMetrics:
         """Both experts' updates of one iteration, independent until the averaging (trainer/engine/streams.py):
         the natural one on generators seeded from one global draw, so that which runs first, or running them
         concurrently on two CUDA streams, changes nothing."""
@@ -214,7 +215,7 @@ class Generalist(Method):
             with independent_rng(seed, self.device):
                 return self._natural_update(x, y)
 
-        robust_metrics, natural_metrics = self.streams.run(lambda: self._robust_update(x, y), natural,
+        robust_metrics, natural_metrics = self.streams.run(lambda: self._robust_update(x, y, index), natural,
                                                            inputs=(x, y), order=order)
         return self._merge(robust_metrics, natural_metrics)
 
@@ -256,12 +257,12 @@ class Generalist(Method):
     def training_attacks(self) -> list:
         return self.objective.attacks()
 
-    def device_step(self, x: torch.Tensor, y: torch.Tensor) -> StepMetrics:
+    def device_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepMetrics:
         x = self.engine.prepare(x)
-        if self.graphed_step is not None:
+        if self.graphed_step is not None:  # never with an objective that needs `index` (not graph-capturable)
             metrics = self.graphed_step(x, y)
         else:
-            metrics = self.expert_updates(x, y, order=self.update_order)
+            metrics = self.expert_updates(x, y, order=self.update_order, index=index)
         if self.data_parallel:
             # The parameters already agree (DDP averaged the gradients); the BatchNorm statistics each rank
             # gathered from its slice are averaged too, so S_R, S_N and G come out the same on every rank.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from trainer.config import GeneralistConfig
+from ..config import GeneralistConfig
 
 
 def ema_decay(step: int, cfg: GeneralistConfig) -> float:

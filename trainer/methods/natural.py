@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from trainer.config import RunConfig
-from trainer.engine import Engine
-from trainer.engine.step_metrics import StepMetrics
-from trainer.methods.base import ModelFactory, SingleNetworkMethod
-from trainer.objectives.base import CleanObjective
-from trainer.registry import METHODS
+from ..config import RunConfig
+from ..engine import Engine
+from ..engine.step_metrics import StepMetrics
+from ..objectives.base import CleanObjective
+from ..registry import METHODS
+from .base import ModelFactory, SingleNetworkMethod
 
 
 @METHODS.register("natural", supports_ducat=False, graph_capturable=True)

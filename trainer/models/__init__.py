@@ -6,14 +6,14 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from trainer.config import ModelConfig
-from trainer.errors import ConfigError
-from trainer.models.normalize import Normalize
-from trainer.models.preact_resnet import PreActResNet18
-from trainer.models.resnet import ResNet18
-from trainer.models.small_cnn import SmallCNN
-from trainer.models.wide_resnet import WideResNet
-from trainer.registry import MODELS
+from ..config import ModelConfig
+from ..errors import ConfigError
+from ..registry import MODELS
+from .normalize import Normalize
+from .preact_resnet import PreActResNet18
+from .resnet import ResNet18
+from .small_cnn import SmallCNN
+from .wide_resnet import WideResNet
 
 __all__ = ["Normalize", "PreActResNet18", "ResNet18", "SmallCNN", "WideResNet", "build_model", "with_dummy_classes"]
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.models.normalize import Normalize
+from .normalize import Normalize
 
 
 class PreActBlock(nn.Module):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.models.normalize import Normalize
+from .normalize import Normalize
 
 
 class BasicBlock(nn.Module):

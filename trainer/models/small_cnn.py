@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from trainer.models.normalize import Normalize
+from .normalize import Normalize
 
 
 def _conv_bn_relu_pool(cin: int, cout: int) -> nn.Sequential:

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.models.normalize import Normalize
+from .normalize import Normalize
 
 # A wide ResNet block is the full pre-activation unit (Zagoruyko & Komodakis use He et al.'s v2 block).
-from trainer.models.preact_resnet import PreActBlock as WideBlock
+from .preact_resnet import PreActBlock as WideBlock
 
 
 class WideResNet(nn.Module):

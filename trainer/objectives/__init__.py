@@ -7,12 +7,12 @@ registered with `supports_ducat=True`.
 
 from __future__ import annotations
 
-from trainer.config import RunConfig
-from trainer.errors import ConfigError
-from trainer.objectives import fat, mart, pgd_at, rst, trades  # noqa: F401  (registration)
-from trainer.objectives.base import CleanObjective, Objective
-from trainer.objectives.ducat import Ducat, DucatNatural
-from trainer.registry import OBJECTIVES
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..registry import OBJECTIVES
+from . import fat, iat, mart, pgd_at, rst, trades  # noqa: F401  (registration)
+from .base import CleanObjective, Objective
+from .ducat import Ducat, DucatNatural
 
 
 def build_objective(name: str, cfg: RunConfig, engine) -> Objective:

@@ -19,8 +19,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from trainer.engine import phase
-from trainer.engine.step_metrics import StepMetrics, mean_metric
+from ..engine import phase
+from ..engine.step_metrics import StepMetrics, mean_metric
 
 ModelFactory = Callable[[], nn.Module]
 
@@ -39,6 +39,8 @@ class Objective(ABC):
     """Attack + loss. Subclasses set `name` and implement `loss`; most keep the default `adversarial`."""
 
     name: ClassVar[str] = ""
+    # True: `adversarial` needs `index`, the batch's dataset indices (IAT); the training loop then supplies them.
+    needs_sample_index: ClassVar[bool] = False
 
     def __init__(self, attack):
         self.attack = attack
@@ -63,6 +65,9 @@ class Objective(ABC):
     def attacks(self) -> list:
         """The attacks whose random starts follow the method's sample window (trainer/attacks/base.py)."""
         return [self.attack] if self.attack is not None else []
+
+    def set_training_size(self, num_samples: int) -> None:
+        """The training set's size, for per-sample state indexed by dataset index (IAT)."""
 
     def start_epoch(self, epoch: int, total_epochs: int) -> dict[str, float]:
         """Per-epoch state for the 1-based epoch; values to log with the schedule."""

@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.config import DucatConfig
-from trainer.engine.step_metrics import StepMetrics, mean_metric
-from trainer.errors import ConfigError
-from trainer.eval.class_fold import fold_max, fold_models
-from trainer.models import with_dummy_classes
-from trainer.objectives.base import CleanObjective, ModelFactory, Objective
+from ..config import DucatConfig
+from ..engine.step_metrics import StepMetrics, mean_metric
+from ..errors import ConfigError
+from ..eval.class_fold import fold_max, fold_models
+from ..models import with_dummy_classes
+from .base import CleanObjective, ModelFactory, Objective
 
 __all__ = ["Ducat", "DucatNatural", "dummy_class_factory", "first_active_epoch", "is_active", "soft_cross_entropy",
            "two_hot_targets"]

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.engine.step_metrics import StepMetrics, loss_metric, mean_metric
-from trainer.objectives.base import Objective, batch_accuracy
-from trainer.registry import OBJECTIVES
+from ..engine.step_metrics import StepMetrics, loss_metric, mean_metric
+from ..registry import OBJECTIVES
+from .base import Objective, batch_accuracy
 
 TINY = 1e-12  # keeps log(0) out of the margin and KL terms
 

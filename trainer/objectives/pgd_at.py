@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.engine.step_metrics import StepMetrics, mean_metric
-from trainer.objectives.base import Objective, batch_accuracy, cross_entropy
-from trainer.registry import OBJECTIVES
+from ..engine.step_metrics import StepMetrics, mean_metric
+from ..registry import OBJECTIVES
+from .base import Objective, batch_accuracy, cross_entropy
 
 
 @OBJECTIVES.register("pgd_at", supports_ducat=True, graph_capturable=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.engine.step_metrics import StepMetrics, loss_metric, mean_metric
-from trainer.objectives.base import Objective, batch_accuracy, cross_entropy
-from trainer.registry import OBJECTIVES
+from ..engine.step_metrics import StepMetrics, loss_metric, mean_metric
+from ..registry import OBJECTIVES
+from .base import Objective, batch_accuracy, cross_entropy
 
 
 @OBJECTIVES.register("rst", supports_ducat=False, graph_capturable=False)

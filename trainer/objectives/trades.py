@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.attacks import TradesKL
-from trainer.config import AttackConfig
-from trainer.engine.step_metrics import StepMetrics, loss_metric, mean_metric
-from trainer.objectives.base import Objective, batch_accuracy
-from trainer.registry import OBJECTIVES
+from ..attacks import TradesKL
+from ..config import AttackConfig
+from ..engine.step_metrics import StepMetrics, loss_metric, mean_metric
+from ..registry import OBJECTIVES
+from .base import Objective, batch_accuracy
 
 
 def build_trades_attack(cfg: AttackConfig) -> TradesKL:

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from trainer.errors import ConfigError
+from ..errors import ConfigError
 
 WHICH = ("best", "last")
 
@@ -42,7 +42,8 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class EvalSpec:
-    """One evaluation of each finished run's checkpoint (`python -m trainer eval`), written to eval_<name>.json."""
+    """One evaluation of each finished run's checkpoint (`python -m generalist_trainer eval`), written to
+    eval_<name>.json."""
 
     name: str
     which: str = "last"

@@ -1,5 +1,5 @@
-"""Run a study plan (trainer/study/plan.py): trainings and evaluations as `python -m trainer` processes, a few
-one-thread workers side by side, every finished unit skipped on the next call.
+"""Run a study plan (trainer/study/plan.py): trainings and evaluations as `python -m generalist_trainer` processes, a
+few one-thread workers side by side, every finished unit skipped on the next call.
 
 A unit is done when its output exists: a training when its run folder holds DONE (or, on a machine without the
 checkpoints, when the committed results already hold every evaluation that needs it); an evaluation when its
@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.errors import ConfigError
-from trainer.study.plan import EvalSpec, RunSpec, StudyPlan
+from ..errors import ConfigError
+from .plan import EvalSpec, RunSpec, StudyPlan
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class StudyRunner:
 
     def command(self, unit: Unit) -> list[str]:
         run_dir = self.run_dir(unit.run)
-        base = [self.python, "-m", "trainer"]
+        base = [self.python, "-m", "generalist_trainer"]
         if unit.kind == "train":
             if (run_dir / "last.pt").is_file():
                 return [*base, "train", "--resume", str(run_dir), "--no-eval"]
@@ -248,7 +248,7 @@ def same_networks(a: Path, b: Path) -> bool:
     """Whether two checkpoints hold bit-identical networks (parameters and buffers)."""
     import torch
 
-    from trainer.checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
     if not (a.is_file() and b.is_file()):
         return False

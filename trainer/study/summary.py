@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.study.plan import Column, StudyPlan
+from .plan import Column, StudyPlan
 
 CONFIDENCE = 0.95
 
