@@ -8,7 +8,7 @@ attack and device, in one run (spec/performance.md "How to measure" and "The ref
 What runs (each on fresh networks from one seed, on the same synthetic CIFAR-shaped training set):
 - `reference` (bench/reference_loop.py) at --ratio-batch: fp32 eager, DataLoader with CPU crop/flip,
   experts one after the other, PGD with loss.backward(), per-key state_dict averaging; torch's default
-  backend switches (the trainer's cuDNN/TF32 policy is not applied to it);
+  cuDNN/TF32 switches (the trainer's cuDNN/TF32 policy is not applied to it);
 - `ours`: the trainer's Generalist (trainer/methods/generalist.py) with the default engine (on CUDA: bf16
   autocast, channels_last, cuDNN benchmark, TF32, two streams; fused SGD; the gpu-resident loader), at
   --ratio-batch and --mfu-batch;
@@ -50,10 +50,10 @@ from ..trainer.config import RunConfig, load_config, to_dict
 from ..trainer.engine import (
     PHASES,
     PhaseTimer,
-    apply_backend_policy,
-    backend_state,
+    apply_cudnn_tf32_policy,
+    cudnn_tf32_state,
     phase,
-    restore_backend_state,
+    restore_cudnn_tf32_state,
     timing_phases,
 )
 from ..trainer.engine.profiling import endless_batches
@@ -216,7 +216,7 @@ def reference_iteration(session: Session, args: argparse.Namespace) -> Callable[
 
 
 def run_variant(variant: str, batch_size: int, args: argparse.Namespace, device: torch.device, flops: dict,
-                peak_flops: float, default_backends: dict, breakdown: bool) -> dict:
+                peak_flops: float, default_switches: dict, breakdown: bool) -> dict:
     row: dict = {"variant": variant, "batch_size": batch_size, "iters": args.iters, "repeats": args.repeats,
                  "warmup": args.warmup, "images_per_s": None, "ms_per_iter": None, "mfu": None,
                  "window_seconds": None, "engine": None, "phases": None}
@@ -227,14 +227,14 @@ def run_variant(variant: str, batch_size: int, args: argparse.Namespace, device:
         torch.manual_seed(0)
         session = open_session(run_config(args, device, batch_size, extra))
         if variant == "reference":
-            restore_backend_state(default_backends)  # torch's defaults, as the authors' code runs
-            row["engine"] = {"precision": "fp32", "backends": backend_state(), "style": "reference"}
+            restore_cudnn_tf32_state(default_switches)  # torch's defaults, as the authors' code runs
+            row["engine"] = {"precision": "fp32", "cudnn_tf32": cudnn_tf32_state(), "style": "reference"}
             iteration = reference_iteration(session, args)
         else:
             settings = session.method.engine.settings
             row["engine"] = {k: v for k, v in vars(settings).items() if k != "device"}
             row["engine"]["notes"] = list(settings.notes)
-            row["engine"]["backends"] = apply_backend_policy(settings)
+            row["engine"]["cudnn_tf32"] = apply_cudnn_tf32_policy(settings)
             iteration = ours_iteration(session)
         t = timed(iteration, device, warmup=args.warmup, iters=args.iters, repeats=args.repeats)
         per_image = sum(flops.values())
@@ -247,7 +247,7 @@ def run_variant(variant: str, batch_size: int, args: argparse.Namespace, device:
         row["status"] = f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc) else ''}"
         row["traceback"] = traceback.format_exc()[-2000:]
     finally:
-        restore_backend_state(default_backends)
+        restore_cudnn_tf32_state(default_switches)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return row
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     device = args.device
     setup_cpu_threads(device, args.threads)
-    default_backends = backend_state()  # torch's own switches, before any engine policy is applied
+    default_switches = cudnn_tf32_state()  # torch's own switches, before any engine policy is applied
     info = device_info(device)
     if os.environ.get("BENCH_ENGINE_TESTS"):  # set by bench/run_gpu_end_to_end.sh
         info["engine_tests"] = os.environ["BENCH_ENGINE_TESTS"]
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"benchmark": BENCHMARK, "meta": info, "config": config, "rows": rows, "complete": False}
     written: list[Path] = []
     for variant, batch, breakdown in plan:
-        row = run_variant(variant, batch, args, device, flops, peak_flops, default_backends,
+        row = run_variant(variant, batch, args, device, flops, peak_flops, default_switches,
                           breakdown and not args.no_breakdown)
         rows.append(row)
         shown = (f"{row['images_per_s']:.1f} images/s, {row['ms_per_iter']:.2f} ms/iter, MFU {row['mfu']:.2%}"

@@ -3,7 +3,7 @@ structure of the authors' code, re-implemented in our own code, as the baseline 
 compares the trainer against.
 
 What makes it "reference style", each point as the spec lists it:
-- fp32 eager PyTorch: no autocast, no channels_last, no compile, no graphs, torch's default backend switches;
+- fp32 eager PyTorch: no autocast, no channels_last, no compile, no graphs, torch's default cuDNN/TF32 switches;
 - a torch DataLoader whose workers crop (zero padding) and flip each image on the CPU, one sample at a time,
   as torchvision's RandomCrop(size, padding) + RandomHorizontalFlip + ToTensor do; batches are then copied
   to the device;

@@ -38,6 +38,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
+from .config import migrate_stored_config
 from .errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -430,6 +431,12 @@ def _check_contents(state: Any, path: Path, verified: bool) -> dict[str, Any]:
     for key in _REQUIRED_KEYS:
         if key not in state:
             raise CheckpointError(f"checkpoint {path}: missing the '{key}' entry")
+    if isinstance(state["config"], dict):
+        # Every reader of a checkpoint's config (resume, eval, export, load_model) comes through here.
+        state["config"], renamed = migrate_stored_config(state["config"])
+        if renamed:
+            log.info("checkpoint %s: its config uses the old key(s) %s; read under their new names", path,
+                     ", ".join(renamed))
     return state
 
 

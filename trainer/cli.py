@@ -31,13 +31,14 @@ import yaml
 
 from .checkpoint import LAST, check_output_file, check_output_folder, load_checkpoint, load_resume_state
 from .config import (
-    DATA_BACKENDS,
+    LOADERS,
     EvalConfig,
     RunConfig,
     apply_overrides,
     config_from_dict,
     from_dict,
     load_config,
+    refuse_renamed_override,
     to_dict,
 )
 from .errors import CheckpointError, ConfigError, Interrupted, TrainerError
@@ -62,12 +63,13 @@ def _resume_config(run_dir: Path, overrides: list[str], change_length: bool) -> 
     state, _ = load_resume_state(run_dir)
     saved = copy.deepcopy(state["config"])
     for item in overrides:
+        refuse_renamed_override(item)
         key = item.split("=", 1)[0].strip()
-        # The data backends yield the same batches for a seed, so the loader may change on resume.
-        allowed = key.startswith(("train.", "eval.")) or key in ("data.data_dir", "data.backend", "data.num_workers")
+        # The training loaders yield the same batches for a seed, so the loader may change on resume.
+        allowed = key.startswith(("train.", "eval.")) or key in ("data.data_dir", "data.loader", "data.num_workers")
         if not allowed or key in ("train.seed", "train.out_dir"):
             raise ConfigError(f"override {item!r}: a resumed run keeps its config; only train.* "
-                              "(except seed and out_dir), eval.*, data.data_dir, data.backend and "
+                              "(except seed and out_dir), eval.*, data.data_dir, data.loader and "
                               "data.num_workers may change")
     data = apply_overrides(state["config"], overrides)
     data["train"]["out_dir"] = str(run_dir)
@@ -117,14 +119,17 @@ def _is_rank0() -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_checkpoint, results_table
+    from .eval.saved_models import evaluate_checkpoint, results_table
     from .run_lock import acquire_run_folder
     from .training import train
 
     if args.data_dir:
         args.overrides = [*args.overrides, f"data.data_dir={args.data_dir}"]
-    if args.data_backend:
-        args.overrides = [*args.overrides, f"data.backend={args.data_backend}"]
+    if args.renamed_data_backend is not None:
+        raise ConfigError(f"--data-backend {args.renamed_data_backend}: the flag was renamed to --loader (config "
+                          "field 'data.backend' to 'data.loader')")
+    if args.loader:
+        args.overrides = [*args.overrides, f"data.loader={args.loader}"]
     if args.resume and args.config:
         raise ConfigError(f"--config {args.config} with --resume {args.resume}: a resumed run keeps the config "
                           "saved in its checkpoint; change train.* or eval.* with overrides instead")
@@ -164,7 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import resolve_checkpoint
-    from .evaluation import evaluate_checkpoint, evaluate_export, results_table
+    from .eval.saved_models import evaluate_checkpoint, evaluate_export, results_table
 
     if args.run is not None and "=" in args.run and not Path(args.run).exists():
         # `eval --model-export DIR eval.num_points=16`: argparse hands the first override to the optional RUN.
@@ -200,7 +205,7 @@ def _check_out(args: argparse.Namespace, command: str) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .evaluation import export_checkpoint
+    from .model_loading import export_checkpoint
 
     check_output_folder(args.out, "export --out")
     weights = export_checkpoint(args.run, Path(args.out), which=args.which)
@@ -309,9 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the final test-set evaluation")
     p.add_argument("--print-config", action="store_true", help="print the resolved config first")
     p.add_argument("--data-dir", help="dataset folder (same as data.data_dir=PATH)")
-    p.add_argument("--data-backend", choices=DATA_BACKENDS,
-                   help="training loader (same as data.backend=NAME): auto picks gpu when CUDA and the dataset "
+    p.add_argument("--loader", choices=LOADERS,
+                   help="training loader (same as data.loader=NAME): auto picks gpu when CUDA and the dataset "
                         "fits on it, else cpu; dali needs the 'dali' extra")
+    # The flag's old name: refused with a pointer to the new one (trainer/config.py RENAMED_KEYS).
+    p.add_argument("--data-backend", dest="renamed_data_backend", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 attack.eps=0.1")
     p.set_defaults(func=cmd_train)
 

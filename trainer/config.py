@@ -23,13 +23,13 @@ import yaml
 
 from .errors import ConfigError
 
-# Training loaders (trainer/data/backends.py); auto: gpu-resident when CUDA and the dataset fits, else cpu.
-DATA_BACKENDS = ("auto", "cpu", "gpu", "dali", "torch")
+# Training loaders (trainer/data/loaders.py); auto: gpu-resident when CUDA and the dataset fits, else cpu.
+LOADERS = ("auto", "cpu", "gpu", "dali", "torch")
 # Dataset, model, method and objective names come from trainer/registry.py (asked in validate()).
 NORMS = ("linf", "l2")
 # pgd_lse: PGD on the logsumexp-fold of a DUCAT head (the adaptive attack, trainer/eval/class_fold.py).
-# Process-group backends of a torchrun launch (train.dist_backend).
-DIST_BACKENDS = ("auto", "nccl", "gloo")
+# Process groups of a torchrun launch (train.process_group): torch.distributed's NCCL or gloo.
+PROCESS_GROUPS = ("auto", "nccl", "gloo")
 EVAL_ATTACKS = ("clean", "pgd", "cw", "autoattack", "pgd_lse")
 DUCAT_NATURAL_TARGETS = ("two_hot", "hard")
 # AutoAttack versions whose attack list and settings pyautoattack fixes ("custom" needs a list we do not expose).
@@ -44,6 +44,11 @@ EVAL_PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZER_IMPLS = ("torch", "apex")
 # train.threads above this is a typo, not a machine (torch.set_num_threads takes a C int).
 MAX_THREADS = 4096
+# Keys renamed so that each word means one thing ("backend" named the loader and the process group). A user's
+# config file, dict or override with an old key is a ConfigError naming the new one; configs stored by older
+# versions (checkpoints, run folders' config.yaml) are moved to the new names where they are read
+# (`migrate_stored_config`), so old runs still resume, evaluate and export.
+RENAMED_KEYS = {"data.backend": "data.loader", "train.dist_backend": "train.process_group"}
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,8 @@ class DataConfig:
     synthetic_shape: tuple[int, int, int] = (3, 32, 32)
     synthetic_classes: int = 10
     # Training loader: auto | cpu | gpu (dataset resident on the device) | dali | torch (DataLoader workers).
-    backend: str = "auto"
-    # Worker processes of the torch backend, CPU threads of the dali backend (at least 1).
+    loader: str = "auto"
+    # Worker processes of the torch loader, CPU threads of the dali loader (at least 1).
     num_workers: int = 4
 
 
@@ -233,10 +238,10 @@ class TrainConfig:
     # torch.set_num_threads; 0 leaves torch's default.
     threads: int = 0
     progress: bool = True
-    # Under torchrun (trainer/distributed.py): the process-group backend, "auto" (NCCL on GPUs, gloo on
+    # Under torchrun (trainer/distributed.py): the process group, "auto" (NCCL on GPUs, gloo on
     # the CPU), "nccl" or "gloo"; and how often (in steps; 0: only at epoch ends) the ranks compare an
     # exact fingerprint of the shipped model to prove they still hold the same one.
-    dist_backend: str = "auto"
+    process_group: str = "auto"
     dist_check_every_steps: int = 1
 
 
@@ -380,7 +385,7 @@ def validate(cfg: RunConfig) -> RunConfig:
            "null or an integer >= 0")
     _check(len(d.synthetic_shape) == 3 and all(s > 0 for s in d.synthetic_shape),
            "data.synthetic_shape", d.synthetic_shape, "three positive integers (C, H, W)")
-    _check(d.backend in DATA_BACKENDS, "data.backend", d.backend, f"one of {DATA_BACKENDS}")
+    _check(d.loader in LOADERS, "data.loader", d.loader, f"one of {LOADERS}")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "an integer >= 0")
     _check(m.arch in MODELS, "model.arch", m.arch, f"one of {MODELS.names()}")
     _check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "a rate in [0, 1)")
@@ -429,7 +434,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(t.val_points >= 0, "train.val_points", t.val_points, "an integer >= 0")
     _check(t.select_metric in ("pgd", "clean", "sum"), "train.select_metric", t.select_metric,
            "'pgd', 'clean' or 'sum'")
-    _check(t.dist_backend in DIST_BACKENDS, "train.dist_backend", t.dist_backend, f"one of {DIST_BACKENDS}")
+    _check(t.process_group in PROCESS_GROUPS, "train.process_group", t.process_group, f"one of {PROCESS_GROUPS}")
     _check(t.dist_check_every_steps >= 0, "train.dist_check_every_steps", t.dist_check_every_steps,
            "an integer >= 0")
     _check(re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", t.device) is not None, "train.device", t.device,
@@ -543,12 +548,51 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 _T = typing.TypeVar("_T")
 
 
+def _renamed(old: str) -> str:
+    return f"config field '{old}' was renamed to '{RENAMED_KEYS[old]}'; use the new name"
+
+
+def _refuse_renamed_keys(data: Mapping[str, Any], where: str) -> None:
+    """ConfigError naming `where` (a file, say) when a user's config still uses a key of RENAMED_KEYS."""
+    for old in RENAMED_KEYS:
+        section, key = old.split(".")
+        node = data.get(section)
+        if isinstance(node, Mapping) and key in node:
+            raise ConfigError(f"{where}: {_renamed(old)}")
+
+
+def refuse_renamed_override(item: str) -> None:
+    """ConfigError when the dotted override `item` ("data.backend=cpu") sets a key of RENAMED_KEYS."""
+    key = item.split("=", 1)[0].strip()
+    if key in RENAMED_KEYS:
+        raise ConfigError(f"override {item!r}: {_renamed(key)}")
+
+
+def migrate_stored_config(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A config dict stored by an older version (checkpoint, config.yaml) with the keys of RENAMED_KEYS moved to
+    their new names: (the migrated copy, the old keys found). `data` itself is left as it is."""
+    migrated = copy.deepcopy(data)
+    found = []
+    for old, new in RENAMED_KEYS.items():
+        (section, key), (new_section, new_key) = old.split("."), new.split(".")
+        node = migrated.get(section)
+        if isinstance(node, dict) and key in node:
+            value = node.pop(key)
+            target = migrated.setdefault(new_section, {})
+            if isinstance(target, dict):
+                target.setdefault(new_key, value)
+            found.append(old)
+    return migrated, found
+
+
 def from_dict(cls: type[_T], data: dict[str, Any], prefix: str = "") -> _T:
     """Build a (nested) config dataclass from a dict; unknown keys are errors, missing keys default."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     # YAML keys need not be strings (`1: x`, `null: x`), and mixed types do not sort among themselves.
     unknown = sorted(set(data) - names, key=repr)
+    if unknown and f"{prefix}{unknown[0]}" in RENAMED_KEYS:
+        raise ConfigError(_renamed(f"{prefix}{unknown[0]}"))
     if unknown:
         raise ConfigError(f"unknown config field '{prefix}{unknown[0]}': {cls.__name__} has {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
@@ -597,6 +641,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected the form section.field=value")
+        refuse_renamed_override(item)
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
         node = data
@@ -618,6 +663,7 @@ def load_config(path: str | Path | Mapping[str, Any] | None = None,
     data: dict[str, Any] = {}
     if isinstance(path, Mapping):
         data = copy.deepcopy(dict(path))  # the overrides below edit it in place
+        _refuse_renamed_keys(data, "config mapping")
     elif path is not None:
         p = Path(path)
         if not p.is_file():
@@ -636,6 +682,7 @@ def load_config(path: str | Path | Mapping[str, Any] | None = None,
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {p}: expected a mapping at the top level")
         data = loaded or {}
+        _refuse_renamed_keys(data, f"config file {p}")
     apply_overrides(data, [overrides] if isinstance(overrides, str) else list(overrides or []))
     return validate(from_dict(RunConfig, data))
 

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import DIST_BACKENDS
+from .config import PROCESS_GROUPS
 from .errors import ConfigError, MissingDependencyError, TrainerError
 
 # Written by rank 0 at the end of a distributed run: every rank's SHA-256 of every network.
@@ -105,18 +105,18 @@ def process_device(name: str, env: LaunchEnv) -> torch.device:
     return device
 
 
-def init_distributed(backend: str, device: torch.device) -> LaunchEnv:
+def init_distributed(process_group: str, device: torch.device) -> LaunchEnv:
     """Join the process group of a torchrun launch (once per process; later calls only return the env).
 
-    backend 'auto': NCCL when the process's device is a GPU, gloo on the CPU.
+    process_group 'auto': NCCL when the process's device is a GPU, gloo on the CPU.
     Also makes ranks other than 0 quiet on stdout (their prints would repeat rank 0's), unless
     TRAINER_ALL_RANKS_PRINT=1.
     """
     env = launch_env()
     if not env.distributed:
         return env
-    if backend not in DIST_BACKENDS:
-        raise ConfigError(f"config field 'train.dist_backend' = {backend!r}: expected one of {DIST_BACKENDS}")
+    if process_group not in PROCESS_GROUPS:
+        raise ConfigError(f"config field 'train.process_group' = {process_group!r}: expected one of {PROCESS_GROUPS}")
     if not dist.is_available():
         raise MissingDependencyError("torchrun launched this process with WORLD_SIZE > 1 but this torch build has "
                                      "no torch.distributed support; install a torch build with it")
@@ -125,13 +125,13 @@ def init_distributed(backend: str, device: torch.device) -> LaunchEnv:
             raise ConfigError(f"the process group has {dist.get_world_size()} processes but WORLD_SIZE is "
                               f"{env.world_size}")
         return env
-    chosen = ("nccl" if device.type == "cuda" else "gloo") if backend == "auto" else backend
+    chosen = ("nccl" if device.type == "cuda" else "gloo") if process_group == "auto" else process_group
     if chosen == "nccl" and device.type != "cuda":
-        raise ConfigError(f"config field 'train.dist_backend' = 'nccl': NCCL needs GPUs, the device is {device}; "
+        raise ConfigError(f"config field 'train.process_group' = 'nccl': NCCL needs GPUs, the device is {device}; "
                           f"use gloo or auto")
     if chosen == "nccl" and not dist.is_nccl_available():
-        raise MissingDependencyError("config field 'train.dist_backend' resolves to 'nccl' but this torch build "
-                                     "has no NCCL; install a CUDA build of torch or set train.dist_backend=gloo")
+        raise MissingDependencyError("config field 'train.process_group' resolves to 'nccl' but this torch build "
+                                     "has no NCCL; install a CUDA build of torch or set train.process_group=gloo")
     if device.type == "cuda":
         # Before the group exists: NCCL binds each rank's communicator to the current device.
         torch.cuda.set_device(device)
@@ -362,7 +362,7 @@ def record_replicas(path: Path, networks: Mapping[str, nn.Module], step: int) ->
     else:
         per_rank[0] = local
     identical = all(all(p[n]["sha256"] == per_rank[0][n]["sha256"] for n in networks) for p in per_rank)
-    record = {"world_size": world_size(), "backend": dist.get_backend() if is_distributed() else None,
+    record = {"world_size": world_size(), "process_group": dist.get_backend() if is_distributed() else None,
               "step": step, "identical": identical,
               "ranks": [{"rank": r, "networks": p} for r, p in enumerate(per_rank)]}
     if is_rank0():

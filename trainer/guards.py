@@ -20,6 +20,7 @@ expected: it is counted and reported, not treated as a failure.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from torch import nn
 
 from .engine.step_metrics import Snapshot, StepAccumulator
 from .errors import TrainerError
+
+log = logging.getLogger(__name__)
 
 # The name of the parameter check in the StepAccumulator's records.
 PARAMETER_CHECK = "parameters"
@@ -109,8 +112,8 @@ class FiniteGuard:
             self.skipped_steps += snapshot.new_skipped
             span = (f"step {snapshot.step}" if snapshot.unread_from >= snapshot.step
                     else f"steps {snapshot.unread_from}-{snapshot.step}")
-            print(f"{span} (epoch {epoch}): the loss scaler skipped {snapshot.new_skipped} optimiser step(s) "
-                  f"with non-finite gradients; {self.skipped_steps} skipped so far")
+            log.info("%s (epoch %d): the loss scaler skipped %d optimiser step(s) with non-finite gradients; "
+                     "%d skipped so far", span, epoch, snapshot.new_skipped, self.skipped_steps)
         loss, params = snapshot.non_finite, snapshot.checks.get(PARAMETER_CHECK)
         if loss is not None and (params is None or loss.step <= params.step):
             self._fail(f"non-finite {loss.metric} = {loss.value}", loss.step, epoch,

@@ -3,7 +3,7 @@ takes [0,1] NCHW inputs and returns (N, C) logits, normalisation inside, DUCAT's
 
 No dataset is read for a checkpoint that carries its model metadata (trainer/session.py `model_metadata`,
 saved by every checkpoint since it was added); an older checkpoint is rebuilt from its dataset with a note in
-the log (`checkpoint_metadata`).
+the log (`checkpoint_metadata`). The way back: `export_checkpoint` writes a run's shipped model as an export folder.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, load_export, resolve_checkpoint
+from .checkpoint import check_output_folder, export_safetensors, load_checkpoint, load_export, resolve_checkpoint
 from .config import ModelConfig, from_dict
 from .errors import CheckpointError, ConfigError
 from .eval.class_fold import FoldedLogits
@@ -108,3 +108,22 @@ def _exported_name(folder: Path) -> str | None:
         return json.loads((folder / "config.json").read_text()).get("exported_network")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def export_checkpoint(run_or_file: str | Path, out_dir: Path, which: str = "best") -> Path:
+    """Export the shipped model (Generalist: the global learner) as safetensors + config.json.
+
+    The model is the first of `eval_models()`, exactly what was evaluated: for DUCAT the max-folded
+    C-logit `FoldedLogits` (weights under `network.`), described by `class_fold` in config.json;
+    `load_model` (and `trainer.checkpoint.load_export`) rebuild either kind. Reads no dataset when the checkpoint
+    carries its model metadata (trainer/session.py `checkpoint_metadata`).
+    """
+    check_output_folder(out_dir, "export folder")
+    path = resolve_checkpoint(run_or_file, which)
+    state = load_checkpoint(path)
+    meta = checkpoint_metadata(state, str(path))
+    name, model = eval_model_from_checkpoint(state, str(path), meta=meta)
+    exported = {k: v for k, v in meta.items() if k != "eval_models"}
+    exported.update({"method": state["method"], "exported_network": name, "checkpoint": str(path),
+                     "trained_until": state["position"]})
+    return export_safetensors(model, out_dir, exported)

@@ -32,7 +32,7 @@ from .distributed import (
     world_size,
 )
 from .distributed import rank as dist_rank
-from .engine import Kind, StepAccumulator, apply_backend_policy
+from .engine import Kind, StepAccumulator, apply_cudnn_tf32_policy
 from .errors import ConfigError, Interrupted
 from .guards import FiniteGuard
 from .methods import Method
@@ -66,7 +66,7 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     """
     run_dir = Path(cfg.train.out_dir)
     # First of all: under torchrun, join the process group (each process on the GPU of its LOCAL_RANK).
-    rank0 = init_distributed(cfg.train.dist_backend, resolve_device(cfg.train.device)).rank == 0
+    rank0 = init_distributed(cfg.train.process_group, resolve_device(cfg.train.device)).rank == 0
     # Rank 0 alone writes the folder, so it alone holds the lock (released when train returns or raises).
     lock = claim_run_folder(run_dir) if rank0 else None
     progress = _Progress()
@@ -139,7 +139,7 @@ class TrainingRun:
         run = cls(cfg, run_dir, rank0, open_session(cfg), progress)
         progress.method = run.method
         # cuDNN benchmark mode and the TF32 policy are process-wide: set here, from the method's resolved engine.
-        apply_backend_policy(run.method.engine.settings)
+        apply_cudnn_tf32_policy(run.method.engine.settings)
         if rank0:
             log.info("%s", run.method.engine.settings.describe())
         if resume:

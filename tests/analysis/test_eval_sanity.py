@@ -9,7 +9,7 @@ import torch
 from generalist_trainer.trainer.analysis.sanity import RobustnessSanityWarning
 from generalist_trainer.trainer.checkpoint import BEST, load_checkpoint, save_checkpoint
 from generalist_trainer.trainer.config import EvalConfig, load_config
-from generalist_trainer.trainer.evaluation import evaluate_checkpoint
+from generalist_trainer.trainer.eval.saved_models import evaluate_checkpoint
 from generalist_trainer.trainer.training import train
 
 TINY = [
@@ -64,7 +64,7 @@ def test_result_checks_run_on_each_models_accuracies(run, tmp_path, monkeypatch)
         seen["points"] = len(x)
         return {name: {"clean": 0.9, "pgd2": 0.3, "autoattack": 0.5} for name in models}
 
-    monkeypatch.setattr("generalist_trainer.trainer.evaluation.evaluate_models", fake_evaluate_models)
+    monkeypatch.setattr("generalist_trainer.trainer.eval.saved_models.evaluate_models", fake_evaluate_models)
     with pytest.warns(RobustnessSanityWarning, match="autoattack_above_pgd"):
         report = evaluate_checkpoint(run, eval_cfg=EVAL, out=tmp_path / "aa.json")
     assert seen["points"] == 32

@@ -18,7 +18,7 @@ def test_the_cli_shows_library_log_lines_and_restores_the_logger(tmp_path, capsy
     run = tmp_path / "run"
     assert main(["train", "--no-eval", *TINY, f"train.out_dir={run}", "train.max_steps=2",
                  "train.checkpoint_every_steps=1"]) == 0
-    assert "data backend: cpu (auto: the device is cpu, not CUDA)" in capsys.readouterr().out.splitlines()
+    assert "data loader: cpu (auto: the device is cpu, not CUDA)" in capsys.readouterr().out.splitlines()
     last = run / LAST
     last.write_bytes(last.read_bytes()[:-10])  # last.pt damaged: resuming falls back to last.prev.pt and warns
     assert main(["train", "--resume", str(run), "--no-eval"]) == 0
@@ -33,5 +33,5 @@ def test_the_library_alone_prints_none_of_its_info_lines(tmp_path, capsys, caplo
     splits = load_splits(cfg.data, cfg.train.seed)
     with caplog.at_level(logging.INFO, logger="generalist_trainer"):
         build_train_loader(cfg.data, splits.train, device="cpu", seed=0, padding=0, flip=False)
-    assert "data backend: cpu" in caplog.text  # a record for whoever configures logging
-    assert "data backend" not in capsys.readouterr().out
+    assert "data loader: cpu" in caplog.text  # a record for whoever configures logging
+    assert "data loader" not in capsys.readouterr().out

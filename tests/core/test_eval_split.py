@@ -8,7 +8,7 @@ import torch
 from generalist_trainer.trainer.cli import main
 from generalist_trainer.trainer.config import load_config
 from generalist_trainer.trainer.errors import ConfigError
-from generalist_trainer.trainer.evaluation import evaluate_checkpoint
+from generalist_trainer.trainer.eval.saved_models import evaluate_checkpoint
 from generalist_trainer.trainer.session import dataset_tensors, session_from_checkpoint
 from generalist_trainer.trainer.training import train
 
@@ -29,16 +29,16 @@ def run(tmp_path_factory):
 
 
 def test_split_train_attacks_the_training_images_and_test_stays_the_default(run, capsys, monkeypatch):
-    import generalist_trainer.trainer.evaluation as evaluation
+    import generalist_trainer.trainer.eval.saved_models as saved_models
 
     attacked = []
-    real = evaluation.evaluate_models
+    real = saved_models.evaluate_models
 
     def spy(models, x, y, *args, **kwargs):
         attacked.append((x.clone(), y.clone()))
         return real(models, x, y, *args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "evaluate_models", spy)
+    monkeypatch.setattr(saved_models, "evaluate_models", spy)
     assert main(["eval", str(run), "--split", "train"]) == 0
     assert "natural on synthetic train, 40 points" in capsys.readouterr().out
     report = json.loads((run / "train_eval_best.json").read_text())

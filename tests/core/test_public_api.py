@@ -21,8 +21,7 @@ from generalist_trainer.trainer.checkpoint import load_checkpoint, save_checkpoi
 from generalist_trainer.trainer.cli import main
 from generalist_trainer.trainer.errors import CheckpointError, ConfigError
 from generalist_trainer.trainer.eval.class_fold import FoldedLogits
-from generalist_trainer.trainer.evaluation import export_checkpoint
-from generalist_trainer.trainer.model_loading import eval_model_from_checkpoint
+from generalist_trainer.trainer.model_loading import eval_model_from_checkpoint, export_checkpoint
 from generalist_trainer.trainer.session import METADATA_KEY, saved_network_keys, session_from_checkpoint
 from tests.core.idx_runs import idx_run_config, write_small_fashion_mnist
 

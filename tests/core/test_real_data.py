@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from generalist_trainer.trainer.config import load_config
-from generalist_trainer.trainer.evaluation import evaluate_checkpoint
+from generalist_trainer.trainer.eval.saved_models import evaluate_checkpoint
 from generalist_trainer.trainer.training import train
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

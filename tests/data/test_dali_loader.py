@@ -213,12 +213,12 @@ def test_gpu_png_folder_pipeline_decodes_with_the_mixed_decoder_like_the_cpu_loa
 
 @pytest.mark.gpu
 @needs_cuda
-def test_gpu_backend_choice_builds_the_gpu_pipeline():
+def test_gpu_loader_choice_builds_the_gpu_pipeline():
     from generalist_trainer.trainer.config import DataConfig
     from generalist_trainer.trainer.data import build_train_loader
 
     ds = _dataset(count=48)
-    loader = build_train_loader(DataConfig(backend="dali", batch_size=16), ds, device="cuda", seed=0, padding=2,
+    loader = build_train_loader(DataConfig(loader="dali", batch_size=16), ds, device="cuda", seed=0, padding=2,
                                 flip=True)
     assert isinstance(loader, DaliLoader) and loader.device_id is not None
     x, y = next(iter(loader.batches(0)))

@@ -1,12 +1,14 @@
 """ArrayDataset, dispatch from DataConfig to the readers, and where the errors point."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-import generalist_trainer.trainer.data.dataset as dataset_module
 from generalist_trainer.trainer.config import DataConfig
-from generalist_trainer.trainer.data import ArrayDataset, first_n, load_dataset
+from generalist_trainer.trainer.data import ArrayDataset, dataset_spec, first_n, load_dataset
 from generalist_trainer.trainer.errors import ConfigError, DatasetError
+from generalist_trainer.trainer.registry import DATASETS
 from tests.data.file_formats import cifar_rows, write_idx_dataset, write_python3_batch, write_svhn
 
 
@@ -80,11 +82,16 @@ def test_no_default_folder_says_to_pass_data_dir(name, expected):
         load_dataset(DataConfig(dataset=name), "train")
 
 
-def test_missing_default_fashion_mnist_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(dataset_module, "FASHION_MNIST_DIR", tmp_path / "absent")
+def test_missing_default_fashion_mnist_says_how_to_install(tmp_path):
+    # Fashion-MNIST's registry entry with its default folder moved somewhere absent.
+    absent = dataclasses.replace(dataset_spec("fashion-mnist"), default_dir=tmp_path / "absent")
+    DATASETS.register("test-fashion-mnist-absent")(absent)
     expected = "train-images-idx3-ubyte.*apt-get install dataset-fashion-mnist.*--data-dir"
-    with pytest.raises(DatasetError, match=expected):
-        load_dataset(DataConfig(), "train")
+    try:
+        with pytest.raises(DatasetError, match=expected):
+            load_dataset(DataConfig(dataset="test-fashion-mnist-absent"), "train")
+    finally:
+        DATASETS.unregister("test-fashion-mnist-absent")
 
 
 def test_data_dir_that_does_not_exist(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from generalist_trainer.trainer.config import DataConfig
 from generalist_trainer.trainer.data import load_dataset
-from generalist_trainer.trainer.data.dataset import FASHION_MNIST_DIR
+from generalist_trainer.trainer.data.idx_reader import FASHION_MNIST_DIR
 
 pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.exists(),
                                 reason=f"{FASHION_MNIST_DIR} absent: apt-get install dataset-fashion-mnist")

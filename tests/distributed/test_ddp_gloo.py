@@ -34,7 +34,7 @@ TINY = [
     "model.arch=small_cnn", "attack.eps=0.1", "attack.step=0.05", "attack.steps=2",
     "method.name=generalist", "method.generalist.sync_start=0.5",
     "train.epochs=2", "train.val_points=32", "train.val_pgd_steps=2", "train.progress=false",
-    "train.log_every_steps=1", "train.dist_backend=gloo", "eval.num_points=32",
+    "train.log_every_steps=1", "train.process_group=gloo", "eval.num_points=32",
 ]
 
 
@@ -58,7 +58,7 @@ def epoch_rows(run_dir: Path) -> list[dict[str, str]]:
 def check_replicas_file(run_dir: Path) -> dict:
     """Both ranks recorded the same digest of every network, and it is the digest of last.pt's weights."""
     record = json.loads((run_dir / REPLICAS_FILE).read_text())
-    assert record["world_size"] == 2 and record["backend"] == "gloo" and record["identical"]
+    assert record["world_size"] == 2 and record["process_group"] == "gloo" and record["identical"]
     rank0, rank1 = (r["networks"] for r in record["ranks"])
     assert rank0 == rank1
     for name, state in networks(run_dir).items():
@@ -117,10 +117,10 @@ def test_two_processes_match_one_process_and_resume_exactly(tmp_path, monkeypatc
 def test_cli_under_torchrun_with_batchnorm_trains_identical_replicas_and_shards_eval(tmp_path):
     """`python -m generalist_trainer train` itself under torchrun, BatchNorm included (running statistics averaged over
     ranks), TRADES as the robust objective (two DDP forwards before one backward), random starts on, the
-    torch DataLoader backend (the other test uses the cpu one; all backends shard alike, tests/data), then
+    torch loader (DataLoader workers; the other test uses the cpu one; all loaders shard alike, tests/data), then
     the sharded test-set evaluation of best.pt."""
     run = tmp_path / "run"
-    overrides = [*TINY, "data.backend=torch", "data.num_workers=0"]
+    overrides = [*TINY, "data.loader=torch", "data.num_workers=0"]
     done = torchrun("-m", "generalist_trainer", "train", *overrides, f"train.out_dir={run}",
                     "method.generalist.robust_objective=trades", "eval.attacks=[clean, pgd]")
     record = check_replicas_file(run)

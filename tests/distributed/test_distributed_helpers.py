@@ -55,17 +55,17 @@ def test_each_process_gets_its_device(monkeypatch):
     assert resolve_device("auto") == torch.device("cpu")
 
 
-def test_init_checks_the_backend_before_joining(monkeypatch):
+def test_init_checks_the_process_group_before_joining(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    with pytest.raises(ConfigError, match="train.dist_backend' = 'mpi'"):
+    with pytest.raises(ConfigError, match="train.process_group' = 'mpi'"):
         init_distributed("mpi", torch.device("cpu"))
     with pytest.raises(ConfigError, match="NCCL needs GPUs"):
         init_distributed("nccl", torch.device("cpu"))
     assert not dist.is_initialized()
-    with pytest.raises(ConfigError, match="train.dist_backend"):
-        load_config(None, ["train.dist_backend=mpi"])
+    with pytest.raises(ConfigError, match="train.process_group"):
+        load_config(None, ["train.process_group=mpi"])
 
 
 def test_single_process_collectives_are_identities():

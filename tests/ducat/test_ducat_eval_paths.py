@@ -14,7 +14,8 @@ from generalist_trainer.trainer.analysis.run_analysis import sweep_checkpoint
 from generalist_trainer.trainer.checkpoint import load_checkpoint, load_export, save_checkpoint
 from generalist_trainer.trainer.config import EvalConfig, load_config
 from generalist_trainer.trainer.eval import autoattack_adapter, autoattack_resumable
-from generalist_trainer.trainer.evaluation import evaluate_checkpoint, export_checkpoint
+from generalist_trainer.trainer.eval.saved_models import evaluate_checkpoint
+from generalist_trainer.trainer.model_loading import export_checkpoint
 from generalist_trainer.trainer.session import dataset_tensors, session_from_checkpoint
 from generalist_trainer.trainer.training import train, validate
 from tests.ducat.test_ducat_export import TINY

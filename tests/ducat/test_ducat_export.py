@@ -13,7 +13,8 @@ from generalist_trainer.trainer.config import EvalConfig, load_config
 from generalist_trainer.trainer.errors import CheckpointError
 from generalist_trainer.trainer.eval import evaluate_model
 from generalist_trainer.trainer.eval.class_fold import FoldedLogits
-from generalist_trainer.trainer.evaluation import evaluate_checkpoint, export_checkpoint
+from generalist_trainer.trainer.eval.saved_models import evaluate_checkpoint
+from generalist_trainer.trainer.model_loading import export_checkpoint
 from generalist_trainer.trainer.models import build_model
 from generalist_trainer.trainer.training import train
 

@@ -1,6 +1,8 @@
 """Precision: autocast contexts, the fp16 loss scaler's skipped steps (counted, not failed on), the scaler's
 state in checkpoints, fp32 attack gradients, and the attack's zero-gradient diagnostic."""
 
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -58,7 +60,8 @@ def test_disabled_loss_scaler_is_plain_backward_and_step():
     assert LossScaler(torch.device("cpu"), enabled=False).state_dict() == {}
 
 
-def test_generalist_fp16_overflow_skips_only_that_expert_and_the_guard_counts_it(capsys):
+def test_generalist_fp16_overflow_skips_only_that_expert_and_the_guard_counts_it(caplog):
+    caplog.set_level(logging.INFO, logger="trainer")
     m = tiny_method("engine.precision=fp16")
     m.start_epoch(1)
     # A scale no fp16 gradient survives: the robust expert's step overflows and is skipped.
@@ -73,7 +76,7 @@ def test_generalist_fp16_overflow_skips_only_that_expert_and_the_guard_counts_it
     steps.add(metrics, 1)
     guard.after_step(steps, step=1, networks=m.networks())
     guard.check(steps.read(), epoch=1, networks=m.networks())  # the robust loss is non-finite: excused, counted
-    assert guard.skipped_steps == 1 and "skipped 1 optimiser step" in capsys.readouterr().out
+    assert guard.skipped_steps == 1 and "skipped 1 optimiser step" in caplog.text
     # The scales are training state: they go into the checkpoint and come back on resume.
     state = m.extra_state()
     assert state["loss_scalers"]["robust"]["scale"] == 2.0**119

@@ -107,7 +107,7 @@ def test_no_attribute_missing_from_torch_2_11_is_used_anywhere():
 
 
 def test_tf32_is_set_through_one_api_family():
-    """trainer/engine/backends.py sets TF32 through allow_tf32 only; an fp32_precision assignment anywhere would mix
+    """trainer/engine/cudnn_tf32.py sets TF32 through allow_tf32 only; an fp32_precision assignment anywhere would mix
     the two families, which torch.compile on torch 2.10 / 2.11 cannot read."""
     found = [f"{path.relative_to(REPO)}:{node.lineno}"
              for path in [*sorted((REPO / "trainer").rglob("*.py")), *sorted((REPO / "bench").rglob("*.py"))]

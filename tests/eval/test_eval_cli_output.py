@@ -14,7 +14,7 @@ import torch
 
 from generalist_trainer.trainer.cli import main
 from generalist_trainer.trainer.config import EvalConfig
-from generalist_trainer.trainer.evaluation import evaluate_checkpoint
+from generalist_trainer.trainer.eval.saved_models import evaluate_checkpoint
 from tests.core.test_checkpoint_resume import TINY
 
 EVAL = ["eval.attacks=[clean, pgd]", "eval.pgd_steps=2"]

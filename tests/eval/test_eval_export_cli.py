@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from generalist_trainer.trainer.cli import main
-from generalist_trainer.trainer.evaluation import evaluate_checkpoint, export_checkpoint
+from generalist_trainer.trainer.eval.saved_models import evaluate_checkpoint
+from generalist_trainer.trainer.model_loading import export_checkpoint
 from generalist_trainer.trainer.training import train
 from tests.core.idx_runs import idx_run_config, write_small_fashion_mnist
 

@@ -20,7 +20,8 @@ from generalist_trainer.trainer.eval.robustness import (
     same_weights,
     weights_fingerprint,
 )
-from generalist_trainer.trainer.evaluation import evaluate_across_ranks, results_table
+from generalist_trainer.trainer.eval.saved_models import results_table
+from generalist_trainer.trainer.eval.sharded import evaluate_across_ranks
 from tests.eval.aa_shard_worker import EPS, tiny_problem
 
 CFG = EvalConfig(num_points=20, eps=EPS, attacks=("clean", "pgd", "cw"), pgd_steps=2, cw_steps=2)

@@ -109,12 +109,12 @@ def test_export_into_a_path_that_is_a_file_is_refused(finished_run, tmp_path, ca
 
 
 def test_eval_into_a_path_below_a_file_is_refused_before_evaluating(finished_run, tmp_path, capsys, monkeypatch):
-    import generalist_trainer.trainer.evaluation as evaluation
+    import generalist_trainer.trainer.eval.saved_models as saved_models
 
     def never(*args, **kwargs):
         raise AssertionError("the evaluation started before its output path was checked")
 
-    monkeypatch.setattr(evaluation, "session_from_checkpoint", never)
+    monkeypatch.setattr(saved_models, "session_from_checkpoint", never)
     taken = tmp_path / "taken"
     taken.write_text("a file")
     assert main(["eval", str(finished_run), "--out", str(taken / "x.json")]) == 2
@@ -123,7 +123,7 @@ def test_eval_into_a_path_below_a_file_is_refused_before_evaluating(finished_run
     assert _stderr_line(capsys) == f"error: eval --out {tmp_path}: is a folder; expected a file path"
     # The library function checks too, before building anything.
     with pytest.raises(ConfigError, match=rf"evaluation output {taken / 'x.json'}: {taken} is a file"):
-        evaluation.evaluate_checkpoint(finished_run, out=taken / "x.json")
+        saved_models.evaluate_checkpoint(finished_run, out=taken / "x.json")
 
 
 @pytest.mark.parametrize("command", ["sweep", "lipschitz", "report"])
@@ -321,12 +321,12 @@ def test_file_system_errors_outside_checkpoints_are_one_line(finished_run, tmp_p
     """An OSError the code does not anticipate (here: the results JSON cannot be written) is reported, not traced."""
     import errno
 
-    import generalist_trainer.trainer.evaluation as evaluation
+    import generalist_trainer.trainer.eval.saved_models as saved_models
 
     def full(path, write, keep_previous=None):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(evaluation, "atomic_write", full)
+    monkeypatch.setattr(saved_models, "atomic_write", full)
     out = tmp_path / "e.json"
     assert main(["eval", str(finished_run), "--out", str(out), "eval.attacks=[clean]", "eval.num_points=8"]) == 2
     err = capsys.readouterr().err

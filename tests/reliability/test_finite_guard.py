@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import math
 
 import pytest
@@ -115,7 +116,8 @@ def test_without_a_checkpoint_yet_the_message_says_so():
         Run().logged_step({"loss": loss_metric(_t(math.nan), "model")}, step=1, epoch=1, networks={"model": _net()})
 
 
-def test_skipped_steps_are_counted_and_reported_not_failures(capsys):
+def test_skipped_steps_are_counted_and_reported_not_failures(caplog):
+    caplog.set_level(logging.INFO, logger="trainer")  # the guard logs its notes; the CLI shows them on stdout
     run, nets = Run(), {"model": _net()}
     run.logged_step({"loss": loss_metric(_t(math.inf), "model"), "skipped_steps": skipped_metric(_t(1))}, step=3,
                     epoch=1, networks=nets)
@@ -124,7 +126,7 @@ def test_skipped_steps_are_counted_and_reported_not_failures(capsys):
     run.logged_step({"robust_loss": loss_metric(_t(math.nan), "model"), "skipped_steps": skipped_metric(_t(2))},
                     step=5, epoch=1, networks=nets)
     assert run.guard.skipped_steps == 3
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "step 3 (epoch 1): the loss scaler skipped 1 optimiser step(s)" in out and "3 skipped so far" in out
     with pytest.raises(NonFiniteError, match="loss = inf at step 6"):
         run.logged_step({"loss": loss_metric(_t(math.inf), "model"), "skipped_steps": skipped_metric(_t(0))}, step=6,
@@ -135,7 +137,7 @@ def test_skipped_steps_are_counted_and_reported_not_failures(capsys):
         run.step({"loss": loss_metric(_t(0.5), "model"), "skipped_steps": skipped_metric(_t(step % 2))}, step=step,
                  networks=nets)
     run.boundary(epoch=1, networks=nets)
-    assert "steps 1-3 (epoch 1): the loss scaler skipped 2 optimiser step(s)" in capsys.readouterr().out
+    assert "steps 1-3 (epoch 1): the loss scaler skipped 2 optimiser step(s)" in caplog.text
 
 
 def test_parameters_are_checked_every_n_steps_and_name_the_tensor():
@@ -232,14 +234,15 @@ def test_periodic_check_catches_it_between_checkpoints(tmp_path, monkeypatch):
     assert not (tmp_path / LAST).exists()
 
 
-def test_skipped_steps_do_not_stop_training_and_are_logged(tmp_path, monkeypatch, capsys):
+def test_skipped_steps_do_not_stop_training_and_are_logged(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="trainer")  # the guard logs its notes; the CLI shows them on stdout
     def scaler_skipped(method, metrics):
         metrics.update(robust_loss=loss_metric(_t(math.inf), "robust"), skipped_steps=skipped_metric(_t(1)))
 
     _tamper_after_step(monkeypatch, 2, scaler_skipped)
     result = training.train(tiny_config(tmp_path, *IN_PROCESS))
     assert result.finished and result.global_step == STEPS
-    assert "step 2 (epoch 1): the loss scaler skipped 1 optimiser step(s)" in capsys.readouterr().out
+    assert "step 2 (epoch 1): the loss scaler skipped 1 optimiser step(s)" in caplog.text
     rows = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r.get("skipped_steps")] == [2]
 
@@ -253,12 +256,13 @@ def test_cli_exits_2_with_the_guard_message(tmp_path, monkeypatch, capsys):
     assert "error: non-finite natural_loss = nan at step 2 (epoch 1) in network 'natural'" in capsys.readouterr().err
 
 
-def test_fp16_training_with_a_real_loss_scaler_counts_its_skipped_steps_and_finishes(tmp_path, monkeypatch, capsys):
+def test_fp16_training_with_a_real_loss_scaler_counts_its_skipped_steps_and_finishes(tmp_path, monkeypatch, caplog):
     """engine.precision=fp16 on the CPU: torch.amp.GradScaler("cpu") is the scaler CUDA runs use. Started at a
     scale of 2^24, the first scaled gradients overflow fp16, so the scaler skips steps (halving its scale)
     until they fit: counted, printed and logged, and the run goes on to the end with finite weights."""
     from generalist_trainer.trainer.engine import precision
 
+    caplog.set_level(logging.INFO, logger="trainer")  # the guard logs its notes; the CLI shows them on stdout
     real_init = precision.LossScaler.__init__
 
     def high_initial_scale(self, device, enabled):
@@ -271,7 +275,7 @@ def test_fp16_training_with_a_real_loss_scaler_counts_its_skipped_steps_and_fini
     rows = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
     skipped = {r["step"]: r["skipped_steps"] for r in rows}
     assert len(skipped) == STEPS and sum(skipped.values()) >= 1 and skipped[1] >= 1
-    out = capsys.readouterr().out
+    out = caplog.text
     assert f"step 1 (epoch 1): the loss scaler skipped {int(skipped[1])} optimiser step(s)" in out
     assert f"{int(sum(skipped.values()))} skipped so far" in out
     with (tmp_path / "epochs.csv").open(newline="") as f:

@@ -20,7 +20,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import generalist_trainer.trainer.evaluation as evaluation
+import generalist_trainer.trainer.eval.saved_models as saved_models
+import generalist_trainer.trainer.model_loading as model_loading
 import generalist_trainer.trainer.training as training
 from generalist_trainer.trainer.cli import main
 from generalist_trainer.trainer.config import EvalConfig, RunConfig, to_dict, validate
@@ -112,8 +113,8 @@ def workdir(tmp_path_factory):
     os.chdir(folder)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(training, "train", accept_training)
-        patch.setattr(evaluation, "evaluate_checkpoint", accept_evaluation)
-        patch.setattr(evaluation, "export_checkpoint", accept_export)
+        patch.setattr(saved_models, "evaluate_checkpoint", accept_evaluation)
+        patch.setattr(model_loading, "export_checkpoint", accept_export)
         yield folder, run
     os.chdir(previous)
 

@@ -148,7 +148,7 @@ def test_non_square_images_are_refused_naming_the_dataset(tmp_path):
 
 
 def test_train_and_test_images_of_different_shapes_are_refused(tmp_path):
-    from generalist_trainer.trainer.evaluation import evaluate_checkpoint
+    from generalist_trainer.trainer.eval.saved_models import evaluate_checkpoint
 
     cfg = _idx_config(tmp_path, _idx_data(tmp_path / "data", 12, 10))
     cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, attacks=("clean",), num_points=8))

@@ -30,7 +30,6 @@ from ..errors import ConfigError
 
 VARIANTS = ("ascent", "authors_descent")
 # Radius of the ball per dataset (spec/lipschitz.md): 0.1 for MNIST-like data, 0.031 for 32x32 colour images.
-DATASET_EPS = {"mnist": 0.1, "fashion-mnist": 0.1, "cifar10": 0.031, "cifar100": 0.031, "svhn": 0.031}
 # The released code adds this to x - x' before the Linf norm (so a zero step does not divide by zero).
 AUTHORS_DENOMINATOR_SHIFT = 1e-6
 # Smallest Linf step the ascent divides by: x' == x gives a zero numerator too, hence a ratio of 0.
@@ -88,8 +87,12 @@ class LipschitzEstimate:
 
 
 def default_eps(dataset: str) -> float | None:
-    """The spec's ball radius for a dataset, or None when the spec names none (synthetic data)."""
-    return DATASET_EPS.get(dataset)
+    """The spec's ball radius for a dataset (its registry entry's `lipschitz_eps`), or None when the spec names
+    none (synthetic data) or the name is not registered."""
+    from ..registry import DATASETS, load_registrations
+
+    load_registrations()
+    return DATASETS.get(dataset).lipschitz_eps if dataset in DATASETS else None
 
 
 def lipschitz_ratio(logits_x: torch.Tensor, logits_xp: torch.Tensor, x: torch.Tensor, xp: torch.Tensor,

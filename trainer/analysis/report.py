@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config import migrate_stored_config
 from ..errors import ConfigError, MissingDependencyError
 from .sanity import SanityFinding, result_checks, warn_findings
 
@@ -85,7 +86,9 @@ def load_run(run_dir: str | Path) -> RunRecord:
     if not config_path.is_file():
         raise ConfigError(f"{path}: no config.yaml; expected a run folder written by "
                           "`python -m generalist_trainer train`")
-    record = RunRecord(path, yaml.safe_load(config_path.read_text()) or {})
+    stored = yaml.safe_load(config_path.read_text()) or {}
+    # A run folder written before keys were renamed (trainer/config.py RENAMED_KEYS) reads as a new one.
+    record = RunRecord(path, migrate_stored_config(stored)[0] if isinstance(stored, dict) else stored)
     if (path / "epochs.csv").is_file():
         with (path / "epochs.csv").open(newline="") as f:
             record.epochs = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
@@ -121,7 +124,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
 _NOT_THE_EXPERIMENT = {
     "name", "train.seed", "train.out_dir", "train.device", "train.threads", "train.progress",
     "train.log_every_steps", "train.checkpoint_every_steps", "train.finite_check_every_steps",
-    "train.dist_backend", "train.dist_check_every_steps", "data.data_dir", "data.num_workers", "data.backend",
+    "train.process_group", "train.dist_check_every_steps", "data.data_dir", "data.num_workers", "data.loader",
 }
 _NOT_THE_EXPERIMENT_SECTIONS = ("eval.",)
 

@@ -10,23 +10,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from .dataset import dataset_spec
 
-# Padding and whether a horizontal flip keeps the label's meaning (not for digits).
+# Crop padding by image side when the dataset's registry entry leaves it unset.
 _PADDING_BY_SIZE = {32: 4, 28: 2}
-_FLIP_BY_DATASET = {"cifar10": True, "cifar100": True, "fashion-mnist": True, "synthetic": True,
-                    "mnist": False, "svhn": False}
 
 
 def augmentation_defaults(dataset_name: str, image_size: int) -> tuple[int, bool]:
-    """(crop padding, flip) used when the config leaves them unset.
-
-    Padding is 4 for 32x32 and 2 for 28x28 images, and about an eighth of the side for other sizes.
+    """(crop padding, flip) used when the config leaves them unset: the dataset's registry entry (`DatasetSpec`
+    flip and crop_padding). Padding unset there is 4 for 32x32 and 2 for 28x28 images, and about an eighth of the
+    side for other sizes.
     """
-    if dataset_name not in _FLIP_BY_DATASET:
-        raise ConfigError(f"config field 'data.dataset' = {dataset_name!r}: "
-                          f"expected one of {tuple(_FLIP_BY_DATASET)}")
-    return _PADDING_BY_SIZE.get(image_size, image_size // 8), _FLIP_BY_DATASET[dataset_name]
+    spec = dataset_spec(dataset_name)
+    padding = spec.crop_padding if spec.crop_padding is not None else _PADDING_BY_SIZE.get(image_size, image_size // 8)
+    return padding, spec.flip
 
 
 def draw_crop_offsets(rng: np.random.Generator, count: int, padding: int) -> np.ndarray:

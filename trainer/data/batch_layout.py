@@ -25,7 +25,7 @@ from .cpu_loader import CpuLoader, EpochPlan
 class EpochPlanner:
     """`CpuLoader.epoch_plan` for a source of len(source) points (an ArrayDataset or a list of files).
 
-    The draws are delegated to `CpuLoader` itself rather than re-implemented, so the backends can
+    The draws are delegated to `CpuLoader` itself rather than re-implemented, so the loaders can
     never drift from it; `epoch_plan` reads nothing of the source but its length. Building the
     planner checks padding and seed at once, not at the first epoch.
     """

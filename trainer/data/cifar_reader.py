@@ -1,4 +1,5 @@
-"""Reader of the CIFAR-10 and CIFAR-100 "python version" batches, through a restricted unpickler.
+"""Reader of the CIFAR-10 and CIFAR-100 "python version" batches, through a restricted unpickler; both datasets'
+registry entries (at the end).
 
 Each batch is a pickled dict: 'data' is a uint8 array (N, 3072) whose rows hold the R, G and B
 planes of a 32x32 image one after the other; the labels are a list of N ints ('labels' for
@@ -18,7 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from ..config import DataConfig
 from ..errors import DatasetError
+from ..registry import DATASETS
+from .dataset import DatasetFacts, DatasetSpec
 
 _SIDE = 32
 _ROW_LENGTH = 3 * _SIDE * _SIDE
@@ -162,3 +166,21 @@ def _labels_array(path: Path, entries: dict[str, Any], layout: CifarLayout) -> n
         raise DatasetError(f"{path}: '{layout.label_key}' is {labels.dtype} of shape {labels.shape}; "
                            "expected a list of N integers")
     return labels.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry entries (statistics of the training sets in [0, 1] pixel units)
+
+def _reader(layout: CifarLayout):
+    def read(cfg: DataConfig, split: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+        return load_cifar_split(folder, layout, split)
+
+    return read
+
+
+DATASETS.register("cifar10")(DatasetSpec(
+    read=_reader(CIFAR10), facts=DatasetFacts(10, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)), flip=True,
+    expected_files=CIFAR10.describe() + " or its parent folder", lipschitz_eps=0.031))
+DATASETS.register("cifar100")(DatasetSpec(
+    read=_reader(CIFAR100), facts=DatasetFacts(100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)), flip=True,
+    expected_files=CIFAR100.describe() + " or its parent folder", lipschitz_eps=0.031))

@@ -69,7 +69,7 @@ def import_dali() -> Dali:
         dali = importlib.import_module("nvidia.dali")
         plugin = importlib.import_module("nvidia.dali.plugin.pytorch")
     except ImportError as exc:
-        raise MissingDependencyError(f"the DALI data backend (data.backend = 'dali') needs NVIDIA DALI, which "
+        raise MissingDependencyError(f"the DALI loader (data.loader = 'dali') needs NVIDIA DALI, which "
                                      f"cannot be imported ({exc}): {DALI_INSTALL_HINT}") from None
     return Dali(dali.fn, dali.types, dali.Pipeline, plugin.DALIGenericIterator, plugin.LastBatchPolicy)
 
@@ -133,7 +133,7 @@ def _to_batch(outputs: list[dict[str, torch.Tensor]], device: torch.device) -> t
 class _DaliBatches:
     """What both DALI loaders share: the epoch plan over `items`, this rank's shard, the last-batch policy."""
 
-    backend = "dali"
+    name = "dali"
 
     def _plan_batches(self, items, batch_size: int, *, device: torch.device | str, shuffle: bool, padding: int,
                       flip: bool, seed: int, drop_last: bool, rank: int, world_size: int, num_threads: int,
@@ -159,7 +159,7 @@ class _DaliBatches:
 
 
 class DaliLoader(_DaliBatches):
-    """Batches (x, y) of an `ArrayDataset` through a DALI pipeline; see the module doc and `trainer.data.backends`."""
+    """Batches (x, y) of an `ArrayDataset` through a DALI pipeline; see the module doc and `trainer.data.loaders`."""
 
     def __init__(self, dataset: ArrayDataset, batch_size: int, *, device: torch.device | str, shuffle: bool = False,
                  padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool = False, rank: int = 0,

@@ -1,12 +1,19 @@
-"""Datasets as validated uint8 arrays, the seeded train / validation / test splits, and the dispatch
-from a `DataConfig` to the file readers.
+"""Datasets as validated uint8 arrays, the seeded train / validation / test splits, and the registry entry
+(`DatasetSpec`) through which `load_dataset` reads any registered dataset.
 
 Images stay uint8 (N, H, W, C) in memory; loaders turn batches into float [0, 1] NCHW and models
 normalise with the per-channel `mean` / `std` carried here.
+
+A dataset is one `DATASETS` entry (trainer/registry.py) registered beside its reader: idx_reader.py (MNIST,
+Fashion-MNIST), cifar_reader.py (CIFAR-10/100), svhn_reader.py, synthetic.py. Adding one is one file:
+
+    DATASETS.register("my-data")(DatasetSpec(read=my_reader, facts=DatasetFacts(10, (0.5,), (0.25,)), flip=True,
+                                             expected_files="train.npz, test.npz"))
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,34 +21,59 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import ConfigError, DatasetError
-from .cifar_reader import CIFAR10, CIFAR100, load_cifar_split
-from .idx_reader import EXPECTED_IDX_FILES, load_idx_split
-from .svhn_reader import EXPECTED_SVHN_FILES, load_svhn_split
-from .synthetic import check_synthetic_config, make_synthetic, synthetic_stats
+from ..registry import DATASETS
 
 SPLITS = ("train", "test")
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_INSTALL_HINT = ("install it with `apt-get install dataset-fashion-mnist`, or pass --data-dir "
-                              "(data.data_dir=PATH) pointing at a folder holding the idx files")
-
-# Standard per-channel statistics of the training sets, in [0, 1] pixel units.
-STANDARD_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion-mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
-}
-NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "svhn": 10}
-_EXPECTED_FILES = {
-    "mnist": EXPECTED_IDX_FILES,
-    "fashion-mnist": EXPECTED_IDX_FILES,
-    "cifar10": CIFAR10.describe() + " or its parent folder",
-    "cifar100": CIFAR100.describe() + " or its parent folder",
-    "svhn": EXPECTED_SVHN_FILES,
-}
 # Entropy word that keeps the split's random stream apart from the loader's for the same seed.
 _SPLIT_STREAM = 0x5B117
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What is known of a dataset before its files are read: classes, and the per-channel mean and std of its
+    training set in [0, 1] pixel units (one value per channel). The image side is read from the files."""
+
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+
+# (cfg, split, folder) -> images (N, H, W, C) uint8 and labels (N,) integers of one split; folder: the resolved
+# data folder (data.data_dir or the default one), None for a dataset that reads no files.
+Reader = Callable[[DataConfig, str, Path | None], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One registered dataset: its reader, its facts and its augmentation defaults."""
+
+    read: Reader
+    # The facts, or a function of the config for a dataset whose facts the config sets (synthetic).
+    facts: DatasetFacts | Callable[[DataConfig], DatasetFacts]
+    # Whether a horizontal flip keeps a label's meaning (not for digits): data.flip's default.
+    flip: bool
+    # data.crop_padding's default; None: by image side (4 for 32x32, 2 for 28x28, about an eighth of others).
+    crop_padding: int | None = None
+    # What data.data_dir must hold, for errors; None: the dataset reads no files (no folder is resolved).
+    expected_files: str | None = None
+    # Where the files are when data.data_dir is unset (None: data.data_dir is required).
+    default_dir: Path | None = None
+    # The Linf radius of spec/lipschitz.md for this dataset (local Lipschitz, separation); None: it names none.
+    lipschitz_eps: float | None = None
+
+    def facts_for(self, cfg: DataConfig) -> DatasetFacts:
+        return self.facts(cfg) if callable(self.facts) else self.facts
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The registry entry of `name`, or a ConfigError naming data.dataset and the registered names."""
+    if name not in DATASETS:
+        raise ConfigError(f"config field 'data.dataset' = {name!r}: expected one of {DATASETS.names()}")
+    return DATASETS.get(name)
 
 
 @dataclass
@@ -116,33 +148,15 @@ def first_n(dataset: ArrayDataset, n: int) -> ArrayDataset:
 
 
 def load_dataset(cfg: DataConfig, split: str) -> ArrayDataset:
-    """The "train" or "test" split of `cfg.dataset`, read from `cfg.data_dir` (or its default place)."""
+    """The "train" or "test" split of `cfg.dataset`, read by its registered reader from `cfg.data_dir` (or the
+    dataset's default place)."""
     if split not in SPLITS:
         raise ConfigError(f"dataset split {split!r}: expected 'train' or 'test'")
-    name = cfg.dataset
-    if name == "synthetic":
-        size, size_field = ((cfg.synthetic_train_size, "data.synthetic_train_size") if split == "train"
-                            else (cfg.synthetic_test_size, "data.synthetic_test_size"))
-        shape = tuple(int(s) for s in cfg.synthetic_shape)
-        check_synthetic_config(shape, cfg.synthetic_classes, size, size_field)
-        images, labels = make_synthetic(shape, cfg.synthetic_classes, size, split)
-        mean, std = synthetic_stats(shape, cfg.synthetic_classes)
-        return ArrayDataset(images, labels, cfg.synthetic_classes, name, mean, std)
-    if name not in NUM_CLASSES:
-        raise ConfigError(f"config field 'data.dataset' = {name!r}: "
-                          f"expected one of {(*NUM_CLASSES, 'synthetic')}")
-    folder = _data_folder(cfg)
-    if name in ("mnist", "fashion-mnist"):
-        hint = FASHION_MNIST_INSTALL_HINT if cfg.data_dir is None else ""
-        images, labels = load_idx_split(folder, split, NUM_CLASSES[name], hint)
-    elif name == "cifar10":
-        images, labels = load_cifar_split(folder, CIFAR10, split)
-    elif name == "cifar100":
-        images, labels = load_cifar_split(folder, CIFAR100, split)
-    else:
-        images, labels = load_svhn_split(folder, split)
-    mean, std = STANDARD_STATS[name]
-    return ArrayDataset(images, labels, NUM_CLASSES[name], name, mean, std)
+    spec = dataset_spec(cfg.dataset)
+    folder = None if spec.expected_files is None else _data_folder(cfg, spec)
+    images, labels = spec.read(cfg, split, folder)
+    facts = spec.facts_for(cfg)
+    return ArrayDataset(images, labels, facts.num_classes, cfg.dataset, facts.mean, facts.std)
 
 
 def load_splits(cfg: DataConfig, seed: int) -> DataSplits:
@@ -171,14 +185,14 @@ def load_splits(cfg: DataConfig, seed: int) -> DataSplits:
     return DataSplits(full_train.subset(train_indices), full_train.subset(val_indices), test)
 
 
-def _data_folder(cfg: DataConfig) -> Path:
+def _data_folder(cfg: DataConfig, spec: DatasetSpec) -> Path:
     if cfg.data_dir is None:
-        if cfg.dataset == "fashion-mnist":
-            return FASHION_MNIST_DIR
+        if spec.default_dir is not None:
+            return spec.default_dir
         raise DatasetError(f"{cfg.dataset} has no default folder: pass --data-dir (data.data_dir=PATH) "
-                           f"pointing at a folder holding {_EXPECTED_FILES[cfg.dataset]}")
+                           f"pointing at a folder holding {spec.expected_files}")
     folder = Path(cfg.data_dir).expanduser()
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such folder (data.data_dir); expected a folder holding "
-                           f"{_EXPECTED_FILES[cfg.dataset]}")
+                           f"{spec.expected_files}")
     return folder

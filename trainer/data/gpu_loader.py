@@ -39,9 +39,9 @@ def bytes_to_unit(images: torch.Tensor) -> torch.Tensor:
 
 
 class GpuLoader:
-    """Batches (x, y) on `device`: x float32 (B, C, H, W) in [0, 1], y int64 (B,); see `trainer.data.backends`."""
+    """Batches (x, y) on `device`: x float32 (B, C, H, W) in [0, 1], y int64 (B,); see `trainer.data.loaders`."""
 
-    backend = "gpu"
+    name = "gpu"
 
     def __init__(self, dataset: ArrayDataset, batch_size: int, *, device: torch.device | str, shuffle: bool = False,
                  padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool = False, rank: int = 0,

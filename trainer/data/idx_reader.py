@@ -1,4 +1,5 @@
-"""Reader of the idx files of MNIST and Fashion-MNIST, plain or gzip-compressed, validating each file.
+"""Reader of the idx files of MNIST and Fashion-MNIST, plain or gzip-compressed, validating each file; both
+datasets' registry entries (at the end).
 
 An idx file is a big-endian header, magic 0x0000TTNN (TT: element type, 0x08 for uint8; NN: number
 of dimensions), then NN uint32 sizes, then the elements in C order. Compression is recognised by the
@@ -15,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import DataConfig
 from ..errors import DatasetError
+from ..registry import DATASETS
+from .dataset import DatasetFacts, DatasetSpec
 
 # (images, labels) file names of each split, without the optional .gz suffix.
 IDX_FILES = {
@@ -96,3 +100,31 @@ def _read_maybe_gzipped(path: Path) -> bytes:
     except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(f"{path}: truncated or corrupt gzip data ({exc}); "
                            "expected a complete gzip-compressed idx file") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry entries
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_INSTALL_HINT = ("install it with `apt-get install dataset-fashion-mnist`, or pass --data-dir "
+                              "(data.data_dir=PATH) pointing at a folder holding the idx files")
+
+
+# Both entries name expected_files, so load_dataset always passes them a folder.
+def _read_fashion_mnist(cfg: DataConfig, split: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    # The install hint only where the files were looked for in the default folder.
+    return load_idx_split(folder, split, 10, FASHION_MNIST_INSTALL_HINT if cfg.data_dir is None else "")
+
+
+def _read_mnist(cfg: DataConfig, split: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    return load_idx_split(folder, split, 10)
+
+
+# Standard per-channel statistics of the training sets, in [0, 1] pixel units.
+DATASETS.register("fashion-mnist")(DatasetSpec(
+    read=_read_fashion_mnist, facts=DatasetFacts(10, (0.2860,), (0.3530,)), flip=True,
+    expected_files=EXPECTED_IDX_FILES, default_dir=FASHION_MNIST_DIR, lipschitz_eps=0.1))
+# Digits: a mirrored digit is another glyph, so no flip.
+DATASETS.register("mnist")(DatasetSpec(
+    read=_read_mnist, facts=DatasetFacts(10, (0.1307,), (0.3081,)), flip=False, expected_files=EXPECTED_IDX_FILES,
+    lipschitz_eps=0.1))

@@ -1,4 +1,4 @@
-"""Reader of the SVHN cropped-digits .mat files (train_32x32.mat, test_32x32.mat).
+"""Reader of the SVHN cropped-digits .mat files (train_32x32.mat, test_32x32.mat), and the dataset's registry entry.
 
 Each file holds X, a uint8 array (32, 32, 3, N) with the sample index last (MATLAB's layout), and
 y, (N, 1) labels 1..10 where 10 stands for the digit 0.
@@ -13,7 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import DataConfig
 from ..errors import DatasetError
+from ..registry import DATASETS
+from .dataset import DatasetFacts, DatasetSpec
 
 SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 EXPECTED_SVHN_FILES = ", ".join(SVHN_FILES.values())
@@ -105,3 +108,13 @@ def load_svhn_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     # (H, W, C, N) -> (N, H, W, C)
     images = np.ascontiguousarray(x.transpose(3, 0, 1, 2))
     return images, labels
+
+
+def _read_svhn(cfg: DataConfig, split: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    return load_svhn_split(folder, split)
+
+
+# Digits: no flip. Statistics of the training set in [0, 1] pixel units.
+DATASETS.register("svhn")(DatasetSpec(
+    read=_read_svhn, facts=DatasetFacts(10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)), flip=False,
+    expected_files=EXPECTED_SVHN_FILES, lipschitz_eps=0.031))

@@ -3,7 +3,8 @@
 Each class has a smooth random template (a coarse random grid bilinearly upsampled, so random crops
 and flips keep most of its look); an image is its class template plus Gaussian pixel noise,
 quantised to uint8 like real data. The templates depend only on the shape and number of classes,
-so the train and test splits share them and differ only in their noise and labels.
+so the train and test splits share them and differ only in their noise and labels. Registered as "synthetic"
+(at the end): its shape, classes and sizes are data.synthetic_* fields.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import math
 
 import numpy as np
 
+from ..config import DataConfig
 from ..errors import ConfigError
+from ..registry import DATASETS
+from .dataset import DatasetFacts, DatasetSpec
 
 SYNTHETIC_SEED = 0x5EED
 _SPLIT_STREAM = {"train": 1, "test": 2}
@@ -96,3 +100,27 @@ def _interpolation_matrix(size: int, coarse: int) -> np.ndarray:
     weights[np.arange(size), left] = 1.0 - frac
     weights[np.arange(size), left + 1] = frac
     return weights
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry entry: the config sets the shape and the classes, so the facts are a function of it.
+
+def _read_synthetic(cfg: DataConfig, split: str, folder: None) -> tuple[np.ndarray, np.ndarray]:
+    size, size_field = ((cfg.synthetic_train_size, "data.synthetic_train_size") if split == "train"
+                        else (cfg.synthetic_test_size, "data.synthetic_test_size"))
+    shape = _shape(cfg)
+    check_synthetic_config(shape, cfg.synthetic_classes, size, size_field)
+    return make_synthetic(shape, cfg.synthetic_classes, size, split)
+
+
+def _synthetic_facts(cfg: DataConfig) -> DatasetFacts:
+    mean, std = synthetic_stats(_shape(cfg), cfg.synthetic_classes)
+    return DatasetFacts(cfg.synthetic_classes, mean, std)
+
+
+def _shape(cfg: DataConfig) -> tuple[int, ...]:
+    # A tuple of any length: check_synthetic_config names data.synthetic_shape when it is not (C, H, W).
+    return tuple(int(s) for s in cfg.synthetic_shape)
+
+
+DATASETS.register("synthetic")(DatasetSpec(read=_read_synthetic, facts=_synthetic_facts, flip=True))

@@ -52,7 +52,7 @@ class PlannedImages(Dataset):
         index = int(plan.order[position])
         image = torch.from_numpy(self.dataset.images[index]).permute(2, 0, 1)  # (C, H, W) uint8 view
         if self.augment:
-            # crop_and_flip is batch-wise; a batch of one keeps this bit-identical to the other backends.
+            # crop_and_flip is batch-wise; a batch of one keeps this bit-identical to the other loaders.
             offset = torch.from_numpy(plan.offsets[position:position + 1])
             flip = torch.from_numpy(plan.flips[position:position + 1])
             image = crop_and_flip(image[None], offset, flip, self.padding)[0]
@@ -97,9 +97,9 @@ class EpochBatchSampler(Sampler[list[SampleKey]]):
 
 
 class TorchLoader:
-    """Batches (x, y) on `device`: x float32 (B, C, H, W) in [0, 1], y int64 (B,); see `trainer.data.backends`."""
+    """Batches (x, y) on `device`: x float32 (B, C, H, W) in [0, 1], y int64 (B,); see `trainer.data.loaders`."""
 
-    backend = "torch"
+    name = "torch"
 
     def __init__(self, dataset: ArrayDataset, batch_size: int, *, device: torch.device | str, shuffle: bool = False,
                  padding: int = 0, flip: bool = False, seed: int = 0, drop_last: bool = False, rank: int = 0,

@@ -4,7 +4,7 @@ phases the profiler and the end-to-end benchmark see. `engine.*` in the run conf
 `Engine` is what a method holds. The profile command lives in trainer/engine/profiling.py.
 """
 
-from .backends import apply_backend_policy, backend_state, restore_backend_state
+from .cudnn_tf32 import apply_cudnn_tf32_policy, cudnn_tf32_state, restore_cudnn_tf32_state
 from .engine import Engine
 from .phases import PHASES, PhaseTimer, phase, phase_ranges, timing_phases
 from .precision import LossScaler, Precision, autocast
@@ -13,6 +13,6 @@ from .step_metrics import Kind, Metric, StepAccumulator, StepMetrics, host_value
 from .streams import ExpertStreams, draw_update_seed, independent_rng
 
 __all__ = ["PHASES", "Engine", "EngineSettings", "ExpertStreams", "Kind", "LossScaler", "Metric", "PhaseTimer",
-           "Precision", "StepAccumulator", "StepMetrics", "apply_backend_policy", "autocast", "backend_state",
+           "Precision", "StepAccumulator", "StepMetrics", "apply_cudnn_tf32_policy", "autocast", "cudnn_tf32_state",
            "draw_update_seed", "host_values",
-           "independent_rng", "phase", "phase_ranges", "resolve_engine", "restore_backend_state", "timing_phases"]
+           "independent_rng", "phase", "phase_ranges", "resolve_engine", "restore_cudnn_tf32_state", "timing_phases"]

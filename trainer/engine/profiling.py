@@ -1,7 +1,7 @@
 """`python -m generalist_trainer profile`: a torch.profiler trace of N training iterations, with one range per phase.
 
-The run is built exactly as `train` builds it (seed, data splits, method, engine, cuDNN/TF32 policy, loader
-backend), then a few warm-up iterations run unrecorded (cuDNN autotuning, torch.compile, the CUDA graph
+The run is built exactly as `train` builds it (seed, data splits, method, engine, cuDNN/TF32 policy, training
+loader), then a few warm-up iterations run unrecorded (cuDNN autotuning, torch.compile, the CUDA graph
 capture) and N iterations are recorded. Every phase of an iteration (PHASES: data, attack, robust_update,
 natural_update, averaging) is a `record_function` range, and an NVTX range on CUDA, so that the attack's
 kernels can be told apart from the updates' in the Chrome trace (chrome://tracing, Perfetto) or in Nsight
@@ -13,6 +13,7 @@ spent in each phase.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +23,10 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..runtime import configure_threads, seed_everything
 from ..session import open_session
-from .backends import apply_backend_policy
+from .cudnn_tf32 import apply_cudnn_tf32_policy
 from .phases import PHASES, phase, phase_ranges
+
+log = logging.getLogger(__name__)
 
 
 def endless_batches(loader, device: torch.device, first_epoch: int = 1, *,
@@ -63,8 +66,8 @@ def profile_training(cfg: RunConfig, *, steps: int = 5, warmup: int | None = Non
     session = open_session(cfg)
     method, device = session.method, session.device
     settings = method.engine.settings
-    apply_backend_policy(settings)
-    print(settings.describe())
+    apply_cudnn_tf32_policy(settings)
+    log.info(settings.describe())
     if warmup is None:
         warmup = settings.cuda_graph_warmup_steps + 1 if settings.cuda_graphs else 2
     method.start_epoch(1)
@@ -94,7 +97,7 @@ def profile_training(cfg: RunConfig, *, steps: int = 5, warmup: int | None = Non
 
     sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
     averages = prof.key_averages()
-    print(averages.table(sort_by=sort_by, row_limit=top_k))
+    log.info(averages.table(sort_by=sort_by, row_limit=top_k))
     ranked = sorted((e for e in averages if e.key not in PHASES and not e.key.startswith("iteration ")),
                     key=lambda e: getattr(e, sort_by), reverse=True)[:top_k]
     top = [{"name": e.key, "self_ms": getattr(e, sort_by) / 1e3, "calls": e.count} for e in ranked]
@@ -102,7 +105,7 @@ def profile_training(cfg: RunConfig, *, steps: int = 5, warmup: int | None = Non
     # on CUDA that is what the host spent issuing the phase, the device time is in the trace.
     phases_ms = {e.key: e.cpu_time_total / 1e3 for e in averages if e.key in PHASES}
     shown = ", ".join(f"{k} {v:.1f}" for k, v in sorted(phases_ms.items(), key=lambda kv: -kv[1]))
-    print(f"time per phase over {steps} iterations (host wall ms, nested phases included): {shown}")
-    print(f"trace: {out}")
+    log.info("time per phase over %d iterations (host wall ms, nested phases included): %s", steps, shown)
+    log.info("trace: %s", out)
     return {"trace": str(out), "steps": steps, "warmup": warmup, "sort_by": sort_by, "top": top,
             "phases_ms": phases_ms}

@@ -1,4 +1,8 @@
-"""`eval` and `export` of a finished (or interrupted) run: load a checkpoint or an export, attack, write JSON."""
+"""The `eval` command on saved models: a run folder's checkpoint or an export folder -> the attacks of this package
+(clean, PGD, CW, AutoAttack; sharded under torchrun) -> a JSON report beside it and the console table.
+
+The rest of trainer/eval/ attacks models in memory; this module is the part that reads them from disk.
+"""
 
 from __future__ import annotations
 
@@ -10,28 +14,24 @@ from pathlib import Path
 
 import torch
 
-from .analysis.sanity import SanityFinding, model_checks, result_checks, warn_findings
-from .checkpoint import (
+from ..analysis.sanity import SanityFinding, model_checks, result_checks, warn_findings
+from ..checkpoint import (
     atomic_write,
     check_output_file,
-    check_output_folder,
-    export_safetensors,
-    load_checkpoint,
     load_export,
     resolve_checkpoint,
 )
-from .config import AttackConfig, DataConfig, EvalConfig, RunConfig, to_dict, validate
-from .data import ArrayDataset, load_dataset
-from .distributed import init_distributed, is_distributed, is_rank0, world_size
-from .errors import CheckpointError, ConfigError
-from .eval import evaluate_models
-from .eval.progress import EvalProgress
-from .eval.robustness import SAME_WEIGHTS, autoattack_state_files
-from .eval.sharded import evaluate_across_ranks
-from .metrics import format_percent, table
-from .model_loading import eval_model_from_checkpoint
-from .runtime import resolve_device
-from .session import checkpoint_metadata, dataset_tensors, session_from_checkpoint
+from ..config import AttackConfig, DataConfig, EvalConfig, RunConfig, to_dict, validate
+from ..data import ArrayDataset, load_dataset
+from ..distributed import init_distributed, is_distributed, is_rank0, world_size
+from ..errors import CheckpointError, ConfigError
+from ..metrics import format_percent, table
+from ..runtime import resolve_device
+from ..session import dataset_tensors, session_from_checkpoint
+from . import evaluate_models
+from .progress import EvalProgress
+from .robustness import SAME_WEIGHTS, autoattack_state_files
+from .sharded import evaluate_across_ranks
 
 # What `evaluate_checkpoint` can attack: the test set, or the run's own training images (without augmentation),
 # for the generalisation gaps of spec/lipschitz.md.
@@ -71,7 +71,7 @@ def evaluate_checkpoint(run_or_file: str | Path, *, which: str = "best", eval_cf
     check_output_file(out, "evaluation output")
     session, state = session_from_checkpoint(str(path), device)
     cfg = session.cfg
-    init_distributed(cfg.train.dist_backend, session.device)  # a no-op outside torchrun or when training joined
+    init_distributed(cfg.train.process_group, session.device)  # a no-op outside torchrun or when training joined
     if eval_cfg is not None:
         cfg = validate(dataclasses.replace(cfg, eval=eval_cfg))
     ecfg = cfg.eval
@@ -205,22 +205,3 @@ def results_table(report: dict) -> str:
     header = (f"{report['method']} on {report['dataset']} {report.get('split', 'test')}, {report['num_points']} "
               f"points, {report['norm']} eps {report['eps']:.4g} (accuracy %)")
     return header + "\n" + table(rows)
-
-
-def export_checkpoint(run_or_file: str | Path, out_dir: Path, which: str = "best") -> Path:
-    """Export the shipped model (Generalist: the global learner) as safetensors + config.json.
-
-    The model is the first of `eval_models()`, exactly what was evaluated: for DUCAT the max-folded
-    C-logit `FoldedLogits` (weights under `network.`), described by `class_fold` in config.json;
-    `trainer.checkpoint.load_export` rebuilds either kind. Reads no dataset when the checkpoint carries its
-    model metadata (trainer/session.py `checkpoint_metadata`).
-    """
-    check_output_folder(out_dir, "export folder")
-    path = resolve_checkpoint(run_or_file, which)
-    state = load_checkpoint(path)
-    meta = checkpoint_metadata(state, str(path))
-    name, model = eval_model_from_checkpoint(state, str(path), meta=meta)
-    exported = {k: v for k, v in meta.items() if k != "eval_models"}
-    exported.update({"method": state["method"], "exported_network": name, "checkpoint": str(path),
-                     "trained_until": state["position"]})
-    return export_safetensors(model, out_dir, exported)

@@ -6,15 +6,20 @@ import inspect
 import pytest
 import torch
 
-from generalist_trainer.trainer.engine import apply_backend_policy, backend_state, resolve_engine, restore_backend_state
+from generalist_trainer.trainer.engine import (
+    apply_cudnn_tf32_policy,
+    cudnn_tf32_state,
+    resolve_engine,
+    restore_cudnn_tf32_state,
+)
 from tests.engine.helpers import tiny_config
 
 
 @pytest.fixture
-def saved_backends():
-    state = backend_state()
+def saved_switches():
+    state = cudnn_tf32_state()
     yield
-    restore_backend_state(state)
+    restore_cudnn_tf32_state(state)
 
 
 def _settings(tf32: bool):
@@ -22,10 +27,10 @@ def _settings(tf32: bool):
 
 
 @pytest.mark.parametrize("tf32", [True, False])
-def test_both_api_families_read_the_policy_after_it_is_applied(saved_backends, tf32):
+def test_both_api_families_read_the_policy_after_it_is_applied(saved_switches, tf32):
     """Set through `fp32_precision`, reading `allow_tf32` afterwards raises (what inductor does on torch 2.10 /
     2.11 when it lowers a matmul); set through `allow_tf32`, both families agree, matmul and convolution alike."""
-    state = apply_backend_policy(_settings(tf32))
+    state = apply_cudnn_tf32_policy(_settings(tf32))
     assert state == {"cudnn_benchmark": False, "matmul_allow_tf32": tf32, "cudnn_allow_tf32": tf32}
     # The legacy getters: they raise when the families were mixed.
     assert torch.backends.cuda.matmul.allow_tf32 is tf32
@@ -38,22 +43,22 @@ def test_both_api_families_read_the_policy_after_it_is_applied(saved_backends, t
 
 
 @pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch < 2.9")
-def test_applying_the_policy_repairs_a_state_mixed_by_someone_else(saved_backends):
-    apply_backend_policy(_settings(False))  # a known start: IEEE fp32 through both families
+def test_applying_the_policy_repairs_a_state_mixed_by_someone_else(saved_switches):
+    apply_cudnn_tf32_policy(_settings(False))  # a known start: IEEE fp32 through both families
     torch.backends.cuda.matmul.fp32_precision = "tf32"
     torch.backends.cudnn.conv.fp32_precision = "ieee"
     with pytest.raises(RuntimeError, match="mix of the legacy and new APIs"):
         torch.backends.cuda.matmul.allow_tf32  # noqa: B018 (the read is the test)
-    apply_backend_policy(_settings(False))
+    apply_cudnn_tf32_policy(_settings(False))
     assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
 
 
-def test_restore_puts_back_what_backend_state_read(saved_backends):
-    before = backend_state()
-    apply_backend_policy(_settings(not before["matmul_allow_tf32"]))
-    assert backend_state() != before
-    restore_backend_state(before)
-    assert backend_state() == before
+def test_restore_puts_back_what_cudnn_tf32_state_read(saved_switches):
+    before = cudnn_tf32_state()
+    apply_cudnn_tf32_policy(_settings(not before["matmul_allow_tf32"]))
+    assert cudnn_tf32_state() != before
+    restore_cudnn_tf32_state(before)
+    assert cudnn_tf32_state() == before
 
 
 def test_the_gpu_equality_tests_run_with_deterministic_cudnn():

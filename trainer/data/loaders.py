@@ -1,4 +1,4 @@
-"""The training loader behind `data.backend` (auto | cpu | gpu | dali | torch), and the contract all of them keep.
+"""The training loader behind `data.loader` (auto | cpu | gpu | dali | torch), and the contract all of them keep.
 
 Loader contract (CpuLoader, GpuLoader, DaliLoader, TorchLoader):
 - `len(loader)`: batches per epoch, the same on every rank.
@@ -9,14 +9,14 @@ Loader contract (CpuLoader, GpuLoader, DaliLoader, TorchLoader):
 - `loader.batch_indices(epoch, start=0)`: yields the (B,) int64 dataset indices of the same batches' rows, on the
   device where y is (objectives with per-sample state key it by them: IAT).
 - Everything random (order, crop corners, flips) is a function of (seed, epoch) only, and for the
-  same seed the cpu, gpu, torch and (on the CPU) dali backends yield the same batches bit for bit.
+  same seed the cpu, gpu, torch and (on the CPU) dali loaders yield the same batches bit for bit.
 - Constructor keywords shared by all: shuffle, padding, flip, seed, drop_last, rank, world_size.
   `batch_size` is the GLOBAL batch B; rank r receives the contiguous slice [r * B / W, (r + 1) * B / W)
   of every global batch (W = world_size, which must divide B).
 - drop_last=True drops the partial last global batch (training does; DALI's LastBatchPolicy.DROP).
 
-Auto: the gpu backend when the device is CUDA and the uint8 dataset fits in GPU_RESIDENT_FRACTION of
-the device's memory, else the cpu backend. Auto never picks dali or torch: those are explicit choices.
+Auto: the gpu loader when the device is CUDA and the uint8 dataset fits in GPU_RESIDENT_FRACTION of
+the device's memory, else the cpu loader. Auto never picks dali or torch: those are explicit choices.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import logging
 
 import torch
 
-from ..config import DATA_BACKENDS, DataConfig
+from ..config import LOADERS, DataConfig
 from ..errors import ConfigError
 from .cpu_loader import CpuLoader
 from .dali_loader import DaliLoader
@@ -43,16 +43,16 @@ TrainLoader = CpuLoader | GpuLoader | DaliLoader | TorchLoader
 
 
 def dataset_bytes(dataset: ArrayDataset) -> int:
-    """Bytes of the uint8 images and int64 labels, what the gpu backend keeps on the device."""
+    """Bytes of the uint8 images and int64 labels, what the gpu loader keeps on the device."""
     return dataset.images.nbytes + dataset.labels.nbytes
 
 
-def choose_backend(backend: str, dataset: ArrayDataset, device: torch.device) -> tuple[str, str]:
-    """(backend to use, why) for the configured `data.backend`; `auto` resolves to gpu or cpu."""
-    if backend not in DATA_BACKENDS:
-        raise ConfigError(f"config field 'data.backend' = {backend!r}: expected one of {DATA_BACKENDS}")
-    if backend != "auto":
-        return backend, "data.backend"
+def choose_loader(loader: str, dataset: ArrayDataset, device: torch.device) -> tuple[str, str]:
+    """(loader to use, why) for the configured `data.loader`; `auto` resolves to gpu or cpu."""
+    if loader not in LOADERS:
+        raise ConfigError(f"config field 'data.loader' = {loader!r}: expected one of {LOADERS}")
+    if loader != "auto":
+        return loader, "data.loader"
     if device.type != "cuda":
         return "cpu", f"auto: the device is {device}, not CUDA"
     needed = dataset_bytes(dataset)
@@ -65,17 +65,17 @@ def choose_backend(backend: str, dataset: ArrayDataset, device: torch.device) ->
 
 def build_train_loader(data_cfg: DataConfig, dataset: ArrayDataset, *, device: torch.device | str, seed: int,
                        padding: int, flip: bool, rank: int = 0, world_size: int = 1) -> TrainLoader:
-    """The shuffled, augmented, drop_last training loader of `data_cfg.backend`; logs the choice once."""
+    """The shuffled, augmented, drop_last training loader of `data_cfg.loader`; logs the choice once."""
     device = torch.device(device)
-    backend, reason = choose_backend(data_cfg.backend, dataset, device)
-    log.info("data backend: %s (%s)", backend, reason)
+    loader, reason = choose_loader(data_cfg.loader, dataset, device)
+    log.info("data loader: %s (%s)", loader, reason)
     common = dict(shuffle=True, padding=padding, flip=flip, seed=seed, drop_last=True)
     sharding = dict(rank=rank, world_size=world_size)
-    if backend == "cpu":
+    if loader == "cpu":
         return CpuLoader(dataset, data_cfg.batch_size, **common, **sharding)
-    if backend == "gpu":
+    if loader == "gpu":
         return GpuLoader(dataset, data_cfg.batch_size, device=device, **common, **sharding)
-    if backend == "dali":
+    if loader == "dali":
         return DaliLoader(dataset, data_cfg.batch_size, device=device, num_threads=max(1, data_cfg.num_workers),
                           **common, **sharding)
     return TorchLoader(dataset, data_cfg.batch_size, device=device, num_workers=data_cfg.num_workers,

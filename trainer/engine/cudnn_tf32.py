@@ -21,23 +21,23 @@ import torch
 from .settings import EngineSettings
 
 
-def backend_state() -> dict[str, object]:
+def cudnn_tf32_state() -> dict[str, object]:
     """The current values of every switch set here (to report them, or to restore them in tests)."""
     return {"cudnn_benchmark": torch.backends.cudnn.benchmark,
             "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
             "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32}
 
 
-def restore_backend_state(state: dict[str, object]) -> None:
+def restore_cudnn_tf32_state(state: dict[str, object]) -> None:
     torch.backends.cudnn.benchmark = bool(state["cudnn_benchmark"])
     torch.backends.cuda.matmul.allow_tf32 = bool(state["matmul_allow_tf32"])
     torch.backends.cudnn.allow_tf32 = bool(state["cudnn_allow_tf32"])
 
 
-def apply_backend_policy(settings: EngineSettings) -> dict[str, object]:
+def apply_cudnn_tf32_policy(settings: EngineSettings) -> dict[str, object]:
     """Set cudnn.benchmark and the TF32 policy from `settings`; returns the resulting switches."""
     torch.backends.cudnn.benchmark = settings.cudnn_benchmark
     # Matmuls and convolutions agree: both TF32 or both IEEE fp32.
     torch.backends.cuda.matmul.allow_tf32 = settings.tf32
     torch.backends.cudnn.allow_tf32 = settings.tf32
-    return backend_state()
+    return cudnn_tf32_state()

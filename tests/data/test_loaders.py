@@ -1,5 +1,5 @@
-"""build_train_loader: the data.backend choice (auto's memory budget included), identical batches across
-backends, config validation, the --data-backend flag, and the error for DALI when it is missing."""
+"""build_train_loader: the data.loader choice (auto's memory budget included), identical batches across
+loaders, config validation, the --loader flag, and the error for DALI when it is missing."""
 
 import sys
 from types import SimpleNamespace
@@ -16,9 +16,9 @@ from generalist_trainer.trainer.data import (
     GpuLoader,
     TorchLoader,
     build_train_loader,
-    choose_backend,
+    choose_loader,
 )
-from generalist_trainer.trainer.data import backends as backends_module
+from generalist_trainer.trainer.data import loaders as loaders_module
 from generalist_trainer.trainer.data.dali_loader import dali_available
 from generalist_trainer.trainer.errors import ConfigError, MissingDependencyError
 
@@ -29,15 +29,15 @@ def _dataset(count=40, side=8, channels=3):
     return ArrayDataset(images, np.arange(count) % 10, 10, "toy", (0.5,) * channels, (0.25,) * channels)
 
 
-def _build(backend, dataset, **kwargs):
-    cfg = DataConfig(dataset="synthetic", batch_size=8, backend=backend, num_workers=0)
+def _build(loader, dataset, **kwargs):
+    cfg = DataConfig(dataset="synthetic", batch_size=8, loader=loader, num_workers=0)
     return build_train_loader(cfg, dataset, device="cpu", seed=2, padding=2, flip=True, **kwargs)
 
 
-def test_each_backend_yields_the_same_training_batches():
+def test_each_loader_yields_the_same_training_batches():
     ds = _dataset()
-    backends = ["cpu", "gpu", "torch"] + (["dali"] if dali_available() else [])
-    loaders = {name: _build(name, ds) for name in backends}
+    names = ["cpu", "gpu", "torch"] + (["dali"] if dali_available() else [])
+    loaders = {name: _build(name, ds) for name in names}
     assert isinstance(loaders["cpu"], CpuLoader) and isinstance(loaders["gpu"], GpuLoader)
     assert isinstance(loaders["torch"], TorchLoader)
     reference = list(loaders["cpu"].batches(1))
@@ -52,9 +52,9 @@ def test_each_backend_yields_the_same_training_batches():
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
-def test_sharded_backends_yield_the_cpu_loaders_rank_slices(world_size):
+def test_sharded_loaders_yield_the_cpu_loaders_rank_slices(world_size):
     ds = _dataset()
-    backends = ["gpu", "torch"] + (["dali"] if dali_available() else [])
+    names = ["gpu", "torch"] + (["dali"] if dali_available() else [])
     whole = list(_build("cpu", ds).batches(0))
     for rank in range(world_size):
         expected = list(_build("cpu", ds, rank=rank, world_size=world_size).batches(0))
@@ -63,7 +63,7 @@ def test_sharded_backends_yield_the_cpu_loaders_rank_slices(world_size):
             rows = slice(rank * 8 // world_size, (rank + 1) * 8 // world_size)
             torch.testing.assert_close(x, whole[k][0][rows], rtol=0, atol=0)
             torch.testing.assert_close(y, whole[k][1][rows], rtol=0, atol=0)
-        for name in backends:
+        for name in names:
             got = list(_build(name, ds, rank=rank, world_size=world_size).batches(0))
             assert len(got) == len(expected), name
             for k, ((x, y), (x2, y2)) in enumerate(zip(got, expected)):
@@ -71,9 +71,9 @@ def test_sharded_backends_yield_the_cpu_loaders_rank_slices(world_size):
                 torch.testing.assert_close(y, y2, rtol=0, atol=0, msg=f"{name} rank {rank} batch {k}")
 
 
-def test_no_backend_draws_from_the_global_random_generators():
+def test_no_loader_draws_from_the_global_random_generators():
     # The training loop's PGD starts and dropout draw from torch's global generator; a loader that
-    # consumed from it would make runs depend on the backend.
+    # consumed from it would make runs depend on the loader.
     ds = _dataset()
     numpy_state = np.random.get_state()
     with torch.random.fork_rng():
@@ -97,36 +97,36 @@ def _check_leaves_global_generators_alone(name, ds):
 
 def test_auto_picks_cpu_without_cuda():
     ds = _dataset()
-    assert choose_backend("auto", ds, torch.device("cpu"))[0] == "cpu"
+    assert choose_loader("auto", ds, torch.device("cpu"))[0] == "cpu"
     assert isinstance(_build("auto", ds), CpuLoader)
     for name in ("cpu", "gpu", "dali", "torch"):
-        assert choose_backend(name, ds, torch.device("cpu")) == (name, "data.backend")
+        assert choose_loader(name, ds, torch.device("cpu")) == (name, "data.loader")
 
 
 def test_auto_on_cuda_keeps_the_dataset_resident_only_within_the_memory_budget(monkeypatch):
     ds = _dataset()  # 40 * 192 bytes of images + 40 * 8 of labels
-    needed = backends_module.dataset_bytes(ds)
+    needed = loaders_module.dataset_bytes(ds)
     assert needed == 40 * 8 * 8 * 3 + 40 * 8
     cuda = torch.device("cuda", 0)
     for total, expected in ((4 * needed, "gpu"), (4 * needed - 4, "cpu")):
         properties = SimpleNamespace(total_memory=total)
         monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device, p=properties: p)
-        backend, reason = choose_backend("auto", ds, cuda)
-        assert backend == expected, reason
+        loader, reason = choose_loader("auto", ds, cuda)
+        assert loader == expected, reason
         assert reason.startswith("auto:")
 
 
-def test_a_bad_backend_name_is_a_config_error():
+def test_a_bad_loader_name_is_a_config_error():
     ds = _dataset()
-    with pytest.raises(ConfigError, match=r"data.backend' = 'fast'.*'auto', 'cpu', 'gpu', 'dali', 'torch'"):
-        choose_backend("fast", ds, torch.device("cpu"))
-    with pytest.raises(ConfigError, match="data.backend' = 'fast'"):
+    with pytest.raises(ConfigError, match=r"data.loader' = 'fast'.*'auto', 'cpu', 'gpu', 'dali', 'torch'"):
+        choose_loader("fast", ds, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="data.loader' = 'fast'"):
         _build("fast", ds)
-    with pytest.raises(ConfigError, match="data.backend' = 'fast'"):
-        load_config(overrides=["data.backend=fast"])
+    with pytest.raises(ConfigError, match="data.loader' = 'fast'"):
+        load_config(overrides=["data.loader=fast"])
     with pytest.raises(ConfigError, match="data.num_workers' = -1"):
         load_config(overrides=["data.num_workers=-1"])
-    assert load_config(overrides=["data.backend=torch", "data.num_workers=0"]).data.backend == "torch"
+    assert load_config(overrides=["data.loader=torch", "data.num_workers=0"]).data.loader == "torch"
 
 
 def test_explicit_dali_without_the_package_names_what_to_install(monkeypatch):
@@ -140,18 +140,18 @@ def test_explicit_dali_without_the_package_names_what_to_install(monkeypatch):
     assert isinstance(_build("auto", _dataset()), CpuLoader)
 
 
-def test_cli_flag_sets_the_backend(monkeypatch, tmp_path):
+def test_cli_flag_sets_the_loader(monkeypatch, tmp_path):
     import generalist_trainer.trainer.training as training_module
 
     seen = []
     monkeypatch.setattr(training_module, "train", lambda cfg, resume: seen.append(cfg) or SimpleNamespace(
         finished=False))
     # The CLI takes the run folder's lock (creating it) before it calls train: a folder of the test's own.
-    assert main(["train", "--data-backend", "torch", "data.num_workers=0", "--no-eval",
+    assert main(["train", "--loader", "torch", "data.num_workers=0", "--no-eval",
                  f"train.out_dir={tmp_path / 'run'}"]) == 0
-    assert seen[0].data.backend == "torch" and seen[0].data.num_workers == 0
+    assert seen[0].data.loader == "torch" and seen[0].data.num_workers == 0
     parser = build_parser()
-    assert parser.parse_args(["train", "--data-backend", "gpu"]).data_backend == "gpu"
-    assert parser.parse_args(["train"]).data_backend is None
+    assert parser.parse_args(["train", "--loader", "gpu"]).loader == "gpu"
+    assert parser.parse_args(["train"]).loader is None
     with pytest.raises(SystemExit):
-        parser.parse_args(["train", "--data-backend", "fast"])
+        parser.parse_args(["train", "--loader", "fast"])
