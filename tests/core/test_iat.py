@@ -190,14 +190,14 @@ def _dataset(count=40, side=8, channels=3):
 
 
 @pytest.mark.parametrize("world_size", [1, 2])
-def test_every_backend_gives_the_rows_dataset_indices(world_size):
+def test_every_loader_gives_the_rows_dataset_indices(world_size):
     ds = _dataset()
-    backends = ["cpu", "gpu", "torch"] + (["dali"] if dali_available() else [])
+    loaders = ["cpu", "gpu", "torch"] + (["dali"] if dali_available() else [])
     cfg = DataConfig(dataset="synthetic", batch_size=8, num_workers=0)
     for rank in range(world_size):
         expected = None
-        for name in backends:
-            loader = build_train_loader(dataclasses.replace(cfg, backend=name), ds, device="cpu", seed=2, padding=0,
+        for name in loaders:
+            loader = build_train_loader(dataclasses.replace(cfg, loader=name), ds, device="cpu", seed=2, padding=0,
                                         flip=False, rank=rank, world_size=world_size)
             indices = list(loader.batch_indices(3, start=1))
             batches = list(loader.batches(3, start=1))

@@ -11,9 +11,10 @@ from ..engine import Engine
 from ..engine.step_metrics import StepMetrics
 from ..objectives import Objective, build_objective
 from .base import ModelFactory, SingleNetworkMethod
+from .objective_driven import ObjectiveDriven
 
 
-class AdversarialTraining(SingleNetworkMethod):
+class AdversarialTraining(ObjectiveDriven, SingleNetworkMethod):
     """`objective(attack_model=run_model, train_model=train_model, x, y)` per step; its name is the method's."""
 
     def __init__(self, model_factory: ModelFactory, objective: Objective, optim: OptimConfig, engine: Engine, *,
@@ -43,25 +44,8 @@ class AdversarialTraining(SingleNetworkMethod):
     def step_attack(self) -> object | None:
         return self.objective.attack
 
-    def training_attacks(self) -> list:
-        return self.objective.attacks()
-
     def eval_models(self):
         return self.objective.eval_models(super().eval_models())
 
     def start_epoch(self, epoch: int) -> dict[str, float]:
         return {**super().start_epoch(epoch), **self.objective.start_epoch(epoch, self.epochs)}
-
-    def selectable_epoch(self, epoch: int) -> bool:
-        return self.objective.selectable_epoch(epoch, self.epochs)
-
-    def extra_state(self) -> dict:
-        state = super().extra_state()
-        objective_state = self.objective.extra_state()
-        if objective_state:
-            state["objective"] = objective_state
-        return state
-
-    def load_extra_state(self, state: dict) -> None:
-        super().load_extra_state(state)
-        self.objective.load_extra_state(state.get("objective", {}))

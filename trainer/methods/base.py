@@ -90,15 +90,12 @@ class Method(ABC):
 
     @property
     def needs_sample_index(self) -> bool:
-        """Whether `device_step` needs the batch's dataset indices (an objective with per-sample state: IAT)."""
-        objective = getattr(self, "objective", None)
-        return bool(getattr(objective, "needs_sample_index", False))
+        """Whether `device_step` needs the batch's dataset indices (an objective with per-sample state: IAT;
+        trainer/methods/objective_driven.py)."""
+        return False
 
     def set_training_size(self, num_samples: int) -> None:
         """The training set's size (dataset indices 0 .. num_samples - 1), for per-sample state."""
-        objective = getattr(self, "objective", None)
-        if objective is not None:
-            objective.set_training_size(num_samples)
 
     def training_attacks(self) -> list:
         """The attacks the training step runs (their random starts follow `set_sample_window`)."""

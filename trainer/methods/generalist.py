@@ -27,6 +27,7 @@ from ..optim import set_lr
 from ..registry import METHODS
 from .base import Method, ModelFactory, attack_metrics
 from .generalist_schedule import ema_decay, is_sync_epoch, mix_beta
+from .objective_driven import ObjectiveDriven
 
 
 def pack_integer_buffers(arenas: list[FlatArena]) -> torch.Tensor | None:
@@ -55,7 +56,7 @@ def pack_integer_buffers(arenas: list[FlatArena]) -> torch.Tensor | None:
 
 
 @METHODS.register("generalist", supports_ducat=True, graph_capturable=True)
-class Generalist(Method):
+class Generalist(ObjectiveDriven, Method):
     """The robust expert trains `objective` (any robust objective: attack, loss, step), the natural expert
     `natural_objective` (cross-entropy on clean inputs; DUCAT's clean target under DUCAT)."""
 
@@ -156,20 +157,6 @@ class Generalist(Method):
         return {"lr_robust": lr_r, "lr_natural": lr_n, "beta": self.beta, "sync": float(self.sync_epoch),
                 **self.objective.start_epoch(epoch, total)}
 
-    def selectable_epoch(self, epoch: int) -> bool:
-        return self.objective.selectable_epoch(epoch, self.epochs)
-
-    def extra_state(self) -> dict:
-        state = super().extra_state()
-        objective_state = self.objective.extra_state()
-        if objective_state:
-            state["objective"] = objective_state
-        return state
-
-    def load_extra_state(self, state: dict) -> None:
-        super().load_extra_state(state)
-        self.objective.load_extra_state(state.get("objective", {}))
-
     def _robust_update(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepMetrics:
         """The robust expert's attack and optimiser step; reads only x, y (index: the rows' dataset indices, for an
         objective with per-sample state) and the robust expert's own state."""
@@ -253,9 +240,6 @@ class Generalist(Method):
         """theta_R <- G and theta_N <- G (parameters and buffers); optimiser momentum is kept."""
         self.arenas["robust"].copy_from(self.arenas["global"])
         self.arenas["natural"].copy_from(self.arenas["global"])
-
-    def training_attacks(self) -> list:
-        return self.objective.attacks()
 
     def device_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepMetrics:
         x = self.engine.prepare(x)
