@@ -100,7 +100,7 @@ def test_the_committed_run_was_written_with_the_old_keys():
 
 
 def test_an_old_checkpoint_loads_under_the_new_keys(caplog):
-    caplog.set_level(logging.INFO, logger="trainer")
+    caplog.set_level(logging.INFO, logger="generalist_trainer")
     state = load_checkpoint(OLD_RUN / "last.pt")
     assert state["config"]["data"]["loader"] == "cpu" and "backend" not in state["config"]["data"]
     assert state["config"]["train"]["process_group"] == "gloo" and "dist_backend" not in state["config"]["train"]

@@ -3,8 +3,9 @@ the evaluation code) must leave whole training runs bit-identical, validation an
 
 Each case trains a tiny synthetic run with `train()` (3 epochs, validation after each, a mid-run checkpoint and a
 DUCAT late start where it applies) and hashes: the epochs.csv rows and steps.jsonl rows without their wall-clock
-columns, and for best.pt and last.pt every network tensor, the position and the best record. The digests were
-recorded from commit ac6a441 (before the split) by `python -m tests.core.test_training_loop_bit_identical`.
+columns, and for best.pt and last.pt every network tensor, the position and the best record, on one CPU thread.
+The digests were recorded from commit ac6a441 (before the split) by
+`python -m tests.core.test_training_loop_bit_identical`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ TINY = [
     "model.arch=small_cnn", "model.dropout=0.3", "attack.eps=0.1", "attack.step=0.05", "attack.steps=2",
     "train.epochs=3", "train.val_points=48", "train.val_pgd_steps=3", "train.progress=false",
     "train.log_every_steps=2", "train.checkpoint_every_steps=4", "eval.num_points=32",
-    "engine.channels_last=false",
+    "engine.channels_last=false", "train.threads=1",  # one thread: CPU float reductions depend on the count
 ]
 CASES = {
     "pgd_at_select_pgd": ["method.name=pgd_at", "train.select_metric=pgd"],

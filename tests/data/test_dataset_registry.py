@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import trainer
+import generalist_trainer as gt
 from generalist_trainer.trainer.checkpoint import load_checkpoint
 from generalist_trainer.trainer.config import DataConfig
 from generalist_trainer.trainer.data import (
@@ -47,7 +47,7 @@ def bars():
 
 
 def _config(run_dir, *extra):
-    return trainer.load_config({"data": {"dataset": NAME, "val_size": 32, "batch_size": 32, "eval_batch_size": 32},
+    return gt.load_config({"data": {"dataset": NAME, "val_size": 32, "batch_size": 32, "eval_batch_size": 32},
                                 "method": {"name": "pgd_at"},
                                 "attack": {"eps": 0.1, "step": 0.05, "steps": 1},
                                 "train": {"epochs": 1, "val_points": 16, "val_pgd_steps": 1, "progress": False,
@@ -57,7 +57,7 @@ def _config(run_dir, *extra):
 
 def test_an_unregistered_name_is_refused_with_the_registered_ones():
     with pytest.raises(ConfigError, match=rf"data.dataset' = '{NAME}'.*'fashion-mnist'"):
-        trainer.load_config(None, [f"data.dataset={NAME}"])
+        gt.load_config(None, [f"data.dataset={NAME}"])
     with pytest.raises(ConfigError, match="data.dataset"):
         load_dataset(DataConfig(dataset=NAME), "train")
     with pytest.raises(ConfigError, match="data.dataset"):
@@ -86,12 +86,12 @@ def test_a_dataset_registered_here_is_read_with_its_facts(bars):
 
 def test_a_dataset_registered_here_trains_and_loads_without_its_reader(bars, tmp_path):
     run = tmp_path / "run"
-    result = trainer.train(_config(run))
+    result = gt.train(_config(run))
     assert result.finished
     meta = load_checkpoint(run / "last.pt")[METADATA_KEY]
     assert (meta["dataset"], meta["num_classes"], meta["in_channels"], meta["image_size"]) == (NAME, 3, 2, SIDE)
     assert tuple(meta["mean"]) == FACTS.mean and tuple(meta["std"]) == FACTS.std
     DATASETS.unregister(NAME)  # the model comes back from the checkpoint alone
-    model = trainer.load_model(run, which="last")
+    model = gt.load_model(run, which="last")
     x = torch.from_numpy(read_bars(DataConfig(), "test", None)[0][:4]).permute(0, 3, 1, 2).float() / 255
     assert model(x).shape == (4, 3)

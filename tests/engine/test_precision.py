@@ -61,7 +61,7 @@ def test_disabled_loss_scaler_is_plain_backward_and_step():
 
 
 def test_generalist_fp16_overflow_skips_only_that_expert_and_the_guard_counts_it(caplog):
-    caplog.set_level(logging.INFO, logger="trainer")
+    caplog.set_level(logging.INFO, logger="generalist_trainer")
     m = tiny_method("engine.precision=fp16")
     m.start_epoch(1)
     # A scale no fp16 gradient survives: the robust expert's step overflows and is skipped.

@@ -117,7 +117,7 @@ def test_without_a_checkpoint_yet_the_message_says_so():
 
 
 def test_skipped_steps_are_counted_and_reported_not_failures(caplog):
-    caplog.set_level(logging.INFO, logger="trainer")  # the guard logs its notes; the CLI shows them on stdout
+    caplog.set_level(logging.INFO, logger="generalist_trainer")  # the guard logs its notes; the CLI prints them
     run, nets = Run(), {"model": _net()}
     run.logged_step({"loss": loss_metric(_t(math.inf), "model"), "skipped_steps": skipped_metric(_t(1))}, step=3,
                     epoch=1, networks=nets)
@@ -235,7 +235,7 @@ def test_periodic_check_catches_it_between_checkpoints(tmp_path, monkeypatch):
 
 
 def test_skipped_steps_do_not_stop_training_and_are_logged(tmp_path, monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="trainer")  # the guard logs its notes; the CLI shows them on stdout
+    caplog.set_level(logging.INFO, logger="generalist_trainer")  # the guard logs its notes; the CLI prints them
     def scaler_skipped(method, metrics):
         metrics.update(robust_loss=loss_metric(_t(math.inf), "robust"), skipped_steps=skipped_metric(_t(1)))
 
@@ -262,7 +262,7 @@ def test_fp16_training_with_a_real_loss_scaler_counts_its_skipped_steps_and_fini
     until they fit: counted, printed and logged, and the run goes on to the end with finite weights."""
     from generalist_trainer.trainer.engine import precision
 
-    caplog.set_level(logging.INFO, logger="trainer")  # the guard logs its notes; the CLI shows them on stdout
+    caplog.set_level(logging.INFO, logger="generalist_trainer")  # the guard logs its notes; the CLI prints them
     real_init = precision.LossScaler.__init__
 
     def high_initial_scale(self, device, enabled):
