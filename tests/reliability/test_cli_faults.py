@@ -192,8 +192,11 @@ def test_ctrl_c_is_one_line_with_the_step_and_the_resume_command(tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "generalist_trainer", "train", "--no-eval", *TINY, "method.name=natural",
                "train.epochs=40", "train.checkpoint_every_steps=2", f"train.out_dir={run}"]
+    # Ctrl-C's default action in the child whatever this process inherited: a suite started in the background by
+    # a shell without job control runs with SIGINT ignored, and an ignored signal stays ignored across exec.
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not ((run / "steps.jsonl").exists() and len((run / "steps.jsonl").read_text().splitlines()) >= 5):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
