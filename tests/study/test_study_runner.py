@@ -273,3 +273,25 @@ def test_same_networks_compares_checkpoints_exactly(tmp_path):
     save_checkpoint(tmp_path / "changed.pt", state)
     assert not same_networks(last, tmp_path / "changed.pt")
     assert not same_networks(last, tmp_path / "missing.pt")
+
+
+def test_by_seed_order_finishes_each_seed_before_the_next_and_after_grid_last(study):
+    root, run = study
+    plan = (root / "plan.yaml").read_text().replace("workers: 2", "workers: 2\norder: by_seed")
+    (root / "plan.yaml").write_text(plan.replace("seeds: [0], runs: [pgd_at]", "seeds: [0], after_grid: true, "
+                                                                              "runs: [pgd_at]"))
+    status, calls = run(workers=1)
+    assert status == 0
+    started = [(c.split()[0], next(p for p in ("pgd_at_s0", "pgd_at_s1", "trades_s0") if p in c),
+                "aa" if "eval_aa.json" in c else "") for c in calls]
+    assert started == [("train", "pgd_at_s0", ""), ("train", "trades_s0", ""),
+                       ("eval", "pgd_at_s0", ""), ("eval", "trades_s0", ""),
+                       ("train", "pgd_at_s1", ""), ("eval", "pgd_at_s1", ""),
+                       ("eval", "pgd_at_s0", "aa")]
+
+
+def test_an_unknown_order_is_a_one_line_error(study):
+    root, _ = study
+    (root / "plan.yaml").write_text((root / "plan.yaml").read_text().replace("workers: 2", "workers: 2\norder: x"))
+    with pytest.raises(ConfigError, match="'order' = 'x': expected one of"):
+        load_plan(root / "plan.yaml")

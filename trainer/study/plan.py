@@ -5,12 +5,13 @@
     results_dir: results/study        # what is committed: configs, epochs.csv, logs, eval JSONs
     workers: 2                        # one-thread processes side by side
     threads: 1
+    order: by_seed                    # or trainings_first (the default); see StudyPlan.order
     overrides: [train.epochs=8]       # applied to every run, before the run's own
     runs:
       - {name: pgd_at, config: configs/fashion_mnist_pgd_at.yaml, seeds: [0, 1, 2], overrides: [...]}
     evaluations:
       - {name: test_last, which: last, overrides: [eval.num_points=10000, "eval.attacks=[clean, pgd, cw]"]}
-      - {name: aa_last, which: last, seeds: [0], overrides: [...]}   # seeds / runs: only those
+      - {name: aa_last, which: last, seeds: [0], after_grid: true, overrides: [...]}   # seeds / runs: only those
     summary: {baseline: pgd_at, columns: [{name: clean, eval: test_last, key: clean}, ...]}
 
 The plan expands into units (one training, or one evaluation of one run) whose outputs say whether they are
@@ -28,6 +29,7 @@ import yaml
 from ..errors import ConfigError
 
 WHICH = ("best", "last")
+ORDERS = ("trainings_first", "by_seed")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class EvalSpec:
     # which=best only: the name of an evaluation of the last checkpoint with the same settings; when best.pt and
     # last.pt hold the same networks (the last epoch was the best), its results are reused instead of recomputed.
     same_as: str | None = None
+    # Start only after every unit without it (e.g. the standard AutoAttack, an hour per model on one core).
+    after_grid: bool = False
 
     def applies_to(self, run: str, seed: int) -> bool:
         return (not self.seeds or seed in self.seeds) and (not self.runs or run in self.runs)
@@ -90,6 +94,11 @@ class StudyPlan:
     overrides: tuple[str, ...] = ()
     workers: int = 2
     threads: int = 1
+    # The order units start in. trainings_first: every training, then the evaluations in the plan's order.
+    # by_seed: seed 0's trainings and evaluations, then seed 1's, ...: a study stopped part-way (a session's end, a
+    # lost machine) leaves whole seeds finished rather than trainings nobody evaluated. Either way an evaluation
+    # with after_grid waits for everything else, and a unit whose training is not done yet is passed over.
+    order: str = "trainings_first"
     summary: SummarySpec = SummarySpec()
     source: Path | None = None
 
@@ -142,8 +151,8 @@ def load_plan(path: str | Path) -> StudyPlan:
         raise ConfigError(f"study plan {path}: no such file") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"study plan {path}: not a readable YAML file ({type(exc).__name__})") from None
-    top = _mapping(path, "top level", data, {"name", "runs_dir", "results_dir", "workers", "threads", "overrides",
-                                              "runs", "evaluations", "summary"})
+    top = _mapping(path, "top level", data, {"name", "runs_dir", "results_dir", "workers", "threads", "order",
+                                              "overrides", "runs", "evaluations", "summary"})
     for key in ("name", "runs_dir", "results_dir", "runs"):
         if key not in top:
             raise _fail(path, key, None, "present")
@@ -163,7 +172,7 @@ def load_plan(path: str | Path) -> StudyPlan:
     evals = []
     for i, item in enumerate(top.get("evaluations") or []):
         e = _mapping(path, f"evaluations[{i}]", item, {"name", "which", "overrides", "seeds", "runs",
-                                                      "run_overrides", "same_as"})
+                                                      "run_overrides", "same_as", "after_grid"})
         which = e.get("which", "last")
         if which not in WHICH:
             raise _fail(path, f"evaluations[{i}].which", which, f"one of {WHICH}")
@@ -176,21 +185,28 @@ def load_plan(path: str | Path) -> StudyPlan:
         per_run = e.get("run_overrides") or {}
         if not isinstance(per_run, dict) or not set(per_run) <= set(names):
             raise _fail(path, f"evaluations[{i}].run_overrides", per_run, f"a mapping from run names {names}")
+        after_grid = e.get("after_grid", False)
+        if not isinstance(after_grid, bool):
+            raise _fail(path, f"evaluations[{i}].after_grid", after_grid, "true or false")
         evals.append(EvalSpec(_name(path, f"evaluations[{i}].name", e.get("name")), which,
                               _strings(path, f"evaluations[{i}].overrides", e.get("overrides")),
                               _ints(path, f"evaluations[{i}].seeds", e.get("seeds"), ()),
                               _strings(path, f"evaluations[{i}].runs", e.get("runs")),
                               {k: _strings(path, f"evaluations[{i}].run_overrides.{k}", v)
-                               for k, v in per_run.items()}, same_as))
+                               for k, v in per_run.items()}, same_as, after_grid))
     summary = _summary(path, top.get("summary") or {}, names, {e.name for e in evals})
     for key in ("workers", "threads"):
         value = top.get(key, 1 if key == "threads" else 2)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise _fail(path, key, value, "an integer >= 1")
+    order = top.get("order", "trainings_first")
+    if order not in ORDERS:
+        raise _fail(path, "order", order, f"one of {ORDERS}")
     return StudyPlan(name=_name(path, "name", top["name"]), runs_dir=Path(top["runs_dir"]),
                      results_dir=Path(top["results_dir"]), runs=tuple(runs), evaluations=tuple(evals),
                      overrides=_strings(path, "overrides", top.get("overrides")),
-                     workers=top.get("workers", 2), threads=top.get("threads", 1), summary=summary, source=path)
+                     workers=top.get("workers", 2), threads=top.get("threads", 1), order=order, summary=summary,
+                     source=path)
 
 
 def _summary(path: Path, data: Any, run_names: list[str], eval_names: set[str]) -> SummarySpec:

@@ -88,11 +88,17 @@ class StudyRunner:
                 if unit.evaluation.same_as in evals:
                     unit.needs.append(evals[unit.evaluation.same_as])
             units += [training, *evals.values()]
-        # Every training first (grid order), then the evaluations in the plan's order (the cheap ones first, the
-        # standard AutoAttack last), so the core figures exist before the expensive extras start.
+        # The plan's order (StudyPlan.order); within a group, trainings in grid order, then evaluations in the
+        # plan's order (the cheap ones first). sorted() is stable, so ties keep grid order.
         order = {e.name: i for i, e in enumerate(self.plan.evaluations)}
-        return sorted(units, key=lambda u: (u.kind != "train", order.get(u.evaluation.name, 0) if u.evaluation
-                                            else 0))
+        by_seed = self.plan.order == "by_seed"
+
+        def rank(u: Unit) -> tuple:
+            deferred = u.evaluation is not None and u.evaluation.after_grid
+            return (deferred, u.seed if by_seed else 0, u.kind != "train",
+                    order[u.evaluation.name] if u.evaluation else 0)
+
+        return sorted(units, key=rank)
 
     def _is_done(self, unit: Unit) -> bool:
         if unit.kind == "eval":
