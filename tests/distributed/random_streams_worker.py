@@ -76,6 +76,11 @@ def main() -> int:
     check_random_starts()
     check_dropout()
     print(f"rank {rank()}: per-rank random streams ok", file=sys.stderr)
+    # Both ranks past their last collective before either tears gloo down: without it a rank could leave while
+    # its peer's gloo thread still read from the socket, and that peer aborted at exit ("terminate called
+    # without an active exception", exit -6) after its checks had passed.
+    dist.barrier()
+    dist.destroy_process_group()
     return 0
 
 
