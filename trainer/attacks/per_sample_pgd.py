@@ -7,9 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...kernels import pgd_l2_step_, pgd_linf_step_, pgd_random_start
-from .base import draw_seed, local_generator
-from .pgd import PGD, l2_random_start, zero_fraction
+from .pgd import PGD
 
 
 class PerSamplePGD(PGD):
@@ -34,23 +32,11 @@ class PerSamplePGD(PGD):
         finally:
             self._radius = self._step_size = None
 
-    def start(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.random_start:
-            return x.clone()
-        seed = draw_seed(self.generator)
-        offset, total = self.window_rows(x.shape[0])
-        if self.norm == "linf":
-            return pgd_random_start(x, self._radius, seed, sample_offset=offset, total_samples=total)
-        return l2_random_start(x, self._radius, local_generator(seed, x.device), sample_offset=offset,
-                               total_samples=total)
+    def radius(self) -> torch.Tensor:
+        return self._radius
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.zero_grad_fraction = None
-        x_adv = self.start(x)  # (N, C, H, W), a new tensor
-        step_ = pgd_linf_step_ if self.norm == "linf" else pgd_l2_step_
-        for i in range(self.steps):
-            grad = self.input_grad(model, x_adv, lambda logits: self.loss(logits, y))
-            if i == self.steps - 1:
-                self.zero_grad_fraction = zero_fraction(grad)
-            step_(x_adv, grad, x, self._radius, self._step_size)
-        return x_adv
+    def step_size(self) -> torch.Tensor:
+        return self._step_size
+
+    def ball_is_a_point(self) -> bool:
+        return False  # a sample with eps_i = 0 is kept at x by the step itself

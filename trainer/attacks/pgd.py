@@ -63,25 +63,37 @@ class PGD(Attack):
         """The objective to maximise; logits (N, K) fp32, y (N,) -> scalar."""
         return F.cross_entropy(logits, y, reduction="sum")
 
+    # The radius and step size of the current call: the configured scalars here; PerSamplePGD gives (N,) tensors.
+    def radius(self) -> float | torch.Tensor:
+        return self.eps
+
+    def step_size(self) -> float | torch.Tensor:
+        return self.step
+
+    def ball_is_a_point(self) -> bool:
+        """eps == 0: nothing to search (a per-sample radius cannot know without a host read, so it never says so)."""
+        return self.eps == 0
+
     def start(self, x: torch.Tensor) -> torch.Tensor:
         """The first iterate: a uniform draw from the eps-ball clamped to [0,1], or x itself."""
         if not self.random_start:
             return x.clone()
         seed = draw_seed(self.generator)  # drawn even when eps == 0, so the RNG stream does not depend on eps
-        if self.eps == 0:
+        if self.ball_is_a_point():
             return x.clone()
         offset, total = self.window_rows(x.shape[0])
         if self.norm == "linf":
-            return pgd_random_start(x, self.eps, seed, sample_offset=offset, total_samples=total)
-        return l2_random_start(x, self.eps, local_generator(seed, x.device), sample_offset=offset,
+            return pgd_random_start(x, self.radius(), seed, sample_offset=offset, total_samples=total)
+        return l2_random_start(x, self.radius(), local_generator(seed, x.device), sample_offset=offset,
                                total_samples=total)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.zero_grad_fraction = None
         x_adv = self.start(x)  # (N, C, H, W), a new tensor
-        if self.eps == 0:
-            return x_adv  # the ball is the point x: nothing to search
+        if self.ball_is_a_point():
+            return x_adv
         step_ = pgd_linf_step_ if self.norm == "linf" else pgd_l2_step_
+        radius, step_size = self.radius(), self.step_size()
         zero_sum = None
         for i in range(self.steps):
             grad = self.input_grad(model, x_adv, lambda logits: self.loss(logits, y))
@@ -89,7 +101,7 @@ class PGD(Attack):
                 zero_sum = zero_fraction(grad) if zero_sum is None else zero_sum + zero_fraction(grad)
             elif i == self.steps - 1:
                 self.zero_grad_fraction = zero_fraction(grad)
-            step_(x_adv, grad, x, self.eps, self.step)
+            step_(x_adv, grad, x, radius, step_size)
         if zero_sum is not None:
             self.zero_grad_fraction = zero_sum / self.steps
         return x_adv
