@@ -64,6 +64,9 @@ class DatasetSpec:
     default_dir: Path | None = None
     # The Linf radius of spec/lipschitz.md for this dataset (local Lipschitz, separation); None: it names none.
     lipschitz_eps: float | None = None
+    # A dataset whose images are a function of their shape (synthetic): the data config that rebuilds it from a
+    # model's input shape and class count, for an export evaluated without its training config. None: data_dir.
+    config_for_model: Callable[[int, int, int], DataConfig] | None = None
 
     def facts_for(self, cfg: DataConfig) -> DatasetFacts:
         return self.facts(cfg) if callable(self.facts) else self.facts

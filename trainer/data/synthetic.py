@@ -123,4 +123,9 @@ def _shape(cfg: DataConfig) -> tuple[int, ...]:
     return tuple(int(s) for s in cfg.synthetic_shape)
 
 
-DATASETS.register("synthetic")(DatasetSpec(read=_read_synthetic, facts=_synthetic_facts, flip=True))
+def _config_for_model(channels: int, size: int, classes: int) -> DataConfig:
+    return DataConfig(dataset="synthetic", synthetic_shape=(channels, size, size), synthetic_classes=classes)
+
+
+DATASETS.register("synthetic")(DatasetSpec(read=_read_synthetic, facts=_synthetic_facts, flip=True,
+                                           config_for_model=_config_for_model))

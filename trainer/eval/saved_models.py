@@ -22,7 +22,7 @@ from ..checkpoint import (
     resolve_checkpoint,
 )
 from ..config import AttackConfig, DataConfig, EvalConfig, RunConfig, to_dict, validate
-from ..data import ArrayDataset, load_dataset
+from ..data import ArrayDataset, dataset_spec, load_dataset
 from ..distributed import init_distributed, is_distributed, is_rank0, world_size
 from ..errors import CheckpointError, ConfigError
 from ..metrics import format_percent, table
@@ -131,11 +131,9 @@ def _export_data_config(meta: dict, dataset: str | None, data_dir: str | None) -
     name = dataset or meta.get("dataset")
     if not name:
         raise ConfigError("export: its config.json names no dataset; pass --dataset NAME (and --data-dir PATH)")
-    if name == "synthetic":
-        # The synthetic test set is a function of its shape and class count, which the export records.
-        size = int(meta["image_size"])
-        return DataConfig(dataset=name, synthetic_shape=(int(meta["in_channels"]), size, size),
-                          synthetic_classes=int(meta["num_classes"]))
+    rebuild = dataset_spec(name).config_for_model
+    if rebuild is not None:  # a test set that is a function of the shape and class count the export records
+        return rebuild(int(meta["in_channels"]), int(meta["image_size"]), int(meta["num_classes"]))
     return DataConfig(dataset=name, data_dir=data_dir)
 
 
