@@ -6,10 +6,25 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import atomic_write
+
+
+@contextmanager
+def _appending(path: Path, mode: str, **kwargs: Any) -> Iterator[Any]:
+    """path.open(mode): an OSError from a write or the close names the file. A full disk fails the write(2) of an
+    open file, and that error carries no file name, so the CLI's one-line message could not say which one."""
+    try:
+        with path.open(mode, **kwargs) as f:
+            yield f
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 class MetricsLogger:
@@ -25,7 +40,7 @@ class MetricsLogger:
         self.steps_path = run_dir / "steps.jsonl"
 
     def log_step(self, row: dict[str, Any]) -> None:
-        with self.steps_path.open("a") as f:
+        with _appending(self.steps_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
     def log_epoch(self, row: dict[str, Any]) -> None:
@@ -37,7 +52,7 @@ class MetricsLogger:
             self._rewrite_epochs([*rows, row], header)
             return
         # No rows yet (possibly a header left by a resumed run trimmed to nothing): start the file afresh.
-        with self.epochs_path.open("a" if rows else "w", newline="") as f:
+        with _appending(self.epochs_path, "a" if rows else "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=header)
             if not rows:
                 writer.writeheader()

@@ -5,6 +5,7 @@ Subprocesses where the behaviour is the process's own (its exit code after a sig
 reaches the terminal); in-process `main` calls elsewhere, which take the same code path faster.
 """
 
+import errno
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -334,3 +336,19 @@ def test_file_system_errors_outside_checkpoints_are_one_line(finished_run, tmp_p
     assert main(["eval", str(finished_run), "--out", str(out), "eval.attacks=[clean]", "eval.num_points=8"]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == f"error: no space left on device: {out}" and "Traceback" not in err
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_while_appending_a_log_names_the_file(tmp_path):
+    # /dev/full takes the open and fails the write with ENOSPC, as a full file system does mid-run.
+    from generalist_trainer.trainer.metrics import MetricsLogger
+
+    logger = MetricsLogger(tmp_path)
+    logger.steps_path = Path("/dev/full")
+    with pytest.raises(OSError) as caught:
+        logger.log_step({"step": 1, "loss": 0.5})
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == "/dev/full"
+    logger.epochs_path = Path("/dev/full")
+    with pytest.raises(OSError) as caught:
+        logger.log_epoch({"epoch": 1})
+    assert caught.value.filename == "/dev/full"
