@@ -3,6 +3,7 @@
     import generalist_trainer as gt
     cfg = gt.load_config("configs/fashion_mnist_generalist.yaml", ["train.epochs=3"])
     result = gt.train(cfg)                                       # -> TrainResult (run_dir, finished, ...)
+    gt.resume(result.run_dir, ["train.epochs=5"], change_length=True)  # continue a stopped (or longer) run
     model = gt.load_model(result.run_dir)                        # [0,1] inputs -> C logits, no dataset needed
     accuracies = gt.evaluate(model, x, y, eps=0.1)               # any [0,1]-in / logits-out nn.Module
     x_adv = gt.attacks.PGD(eps=0.1, step=0.01, steps=20)(model, x, y)
@@ -35,20 +36,22 @@ _EXPORTS = {
     "load_config": ".trainer.config",
     "RunConfig": ".trainer.config",
     "train": ".trainer.training",
+    "resume": ".trainer.training",
     "TrainResult": ".trainer.training",
     "load_model": ".trainer.model_loading",
     "evaluate": ".trainer.eval.any_model",
 }
 _SUBPACKAGES = {"attacks": ".trainer.attacks"}
 
-__all__ = ["RunConfig", "TrainResult", "__version__", "attacks", "evaluate", "load_config", "load_model", "train"]
+__all__ = ["RunConfig", "TrainResult", "__version__", "attacks", "evaluate", "load_config", "load_model", "resume",
+           "train"]
 
 if TYPE_CHECKING:
     from .trainer import attacks
     from .trainer.config import RunConfig, load_config
     from .trainer.eval.any_model import evaluate
     from .trainer.model_loading import load_model
-    from .trainer.training import TrainResult, train
+    from .trainer.training import TrainResult, resume, train
 
 
 def __getattr__(name: str) -> Any:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import errno
 import logging
 import shlex
@@ -29,19 +28,18 @@ from typing import NoReturn
 
 import yaml
 
-from .checkpoint import LAST, check_output_file, check_output_folder, load_checkpoint, load_resume_state
+from .checkpoint import LAST, check_output_file, check_output_folder, load_checkpoint
 from .config import (
     LOADERS,
     EvalConfig,
-    RunConfig,
     apply_overrides,
     config_from_dict,
     from_dict,
     load_config,
-    refuse_renamed_override,
     to_dict,
 )
 from .errors import CheckpointError, ConfigError, Interrupted, TrainerError
+from .resume_config import resumed_config
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,48 +53,6 @@ def _usage_error(message: str) -> NoReturn:
     # SystemExit(2), as argparse itself exits on a bad command line.
     print(f"error: {_one_line(message)}", file=sys.stderr)
     sys.exit(2)
-
-
-def _resume_config(run_dir: Path, overrides: list[str], change_length: bool) -> RunConfig:
-    """The checkpoint's own config; only train.* (not seed) and eval.* may change on resume."""
-    # Read-only: the newest checkpoint that verifies (train() itself sets a damaged one aside).
-    state, _ = load_resume_state(run_dir)
-    saved = copy.deepcopy(state["config"])
-    for item in overrides:
-        refuse_renamed_override(item)
-        key = item.split("=", 1)[0].strip()
-        # The training loaders yield the same batches for a seed, so the loader may change on resume.
-        allowed = key.startswith(("train.", "eval.")) or key in ("data.data_dir", "data.loader", "data.num_workers")
-        if not allowed or key in ("train.seed", "train.out_dir"):
-            raise ConfigError(f"override {item!r}: a resumed run keeps its config; only train.* "
-                              "(except seed and out_dir), eval.*, data.data_dir, data.loader and "
-                              "data.num_workers may change")
-    data = apply_overrides(state["config"], overrides)
-    data["train"]["out_dir"] = str(run_dir)
-    cfg = config_from_dict(data)
-    _check_length(saved, state["position"], cfg, change_length)
-    return cfg
-
-
-def _check_length(saved: dict, position: dict, cfg: RunConfig, change_length: bool) -> None:
-    """A resumed run keeps its length unless --change-length says otherwise: every schedule knot is a fraction
-    of train.epochs, so a new length moves them all, those already passed included."""
-    trained_for = saved["train"]["epochs"]
-    if cfg.train.epochs == trained_for:
-        return
-    if not change_length:
-        raise ConfigError(f"override 'train.epochs={cfg.train.epochs}': this run was started for {trained_for} "
-                          "epochs, and its schedules (learning rate, Generalist's beta and redistribution epochs, "
-                          "DUCAT's start) are fractions of the run, so a new length moves every knot, those already "
-                          "passed included; pass --change-length to do that anyway, or use train.max_steps to stop "
-                          "early")
-    epoch, batch = position["epoch"], position["batch"]
-    trained = epoch if batch else epoch - 1  # epochs begun
-    if cfg.train.epochs < trained:
-        raise ConfigError(f"override 'train.epochs={cfg.train.epochs}': {trained} epoch(s) of this run are already "
-                          f"trained (or begun); expected at least {trained}")
-    print(f"run length changed from {trained_for} to {cfg.train.epochs} epochs (--change-length): the schedules' "
-          "knots move with it")
 
 
 def _eval_overrides(overrides: list[str], state: dict | None) -> EvalConfig:
@@ -152,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"config field 'train.out_dir' = {str(run_dir)!r}: cannot write there ({exc})") from None
     with lock:
         if cfg is None:
-            cfg = _resume_config(run_dir, args.overrides, args.change_length)
+            cfg = resumed_config(run_dir, args.overrides, change_length=args.change_length)
         if args.print_config:
             print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         result = train(cfg, resume=bool(args.resume))

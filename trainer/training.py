@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -37,6 +38,7 @@ from .errors import ConfigError, Interrupted
 from .guards import FiniteGuard
 from .methods import Method
 from .metrics import MetricsLogger
+from .resume_config import resumed_config
 from .run_lock import RunFolderLock, acquire_run_folder
 from .runtime import configure_threads, resolve_device, seed_everything
 from .session import Session, open_session
@@ -77,6 +79,13 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     finally:
         if lock is not None:
             lock.release()
+
+
+def resume(run_dir: str | Path, overrides: Sequence[str] = (), *, change_length: bool = False) -> TrainResult:
+    """Continue the run in `run_dir` with the config its checkpoint was trained with: the Python form of
+    `python -m generalist_trainer train --resume RUN [--change-length] [overrides]` (trainer/resume_config.py says
+    which overrides a resume takes)."""
+    return train(resumed_config(run_dir, overrides, change_length=change_length), resume=True)
 
 
 def _train(cfg: RunConfig, resume: bool, run_dir: Path, rank0: bool, progress: _Progress) -> TrainResult:

@@ -231,3 +231,28 @@ def test_the_attacks_work_alone_on_any_module_with_the_contract(make):
     assert float(distance.max()) <= attack.eps + 1e-5
     assert model.training and model[1].training  # run in eval mode, its flags restored
     assert torch.equal(model[1].running_mean, stats) and all(p.grad is None for p in model.parameters())
+
+
+def test_resume_continues_a_stopped_run_to_the_uninterrupted_result(tmp_path):
+    from tests.reliability.runs import assert_same_state
+
+    data_dir = write_small_fashion_mnist(tmp_path / "data")
+    whole = gt.train(idx_run_config(data_dir, tmp_path / "whole", "train.epochs=2"))
+    stopped = gt.train(idx_run_config(data_dir, tmp_path / "parts", "train.epochs=2", "train.max_steps=3"))
+    assert whole.finished and not stopped.finished
+    # The checkpoint's own config; max_steps is one of the train.* keys a resume may change.
+    assert gt.resume(stopped.run_dir, ["train.max_steps=null"]).finished
+    assert_same_state(whole.run_dir / "last.pt", stopped.run_dir / "last.pt")
+
+
+def test_resume_keeps_the_run_length_unless_asked_and_refuses_other_changes(tmp_path):
+    data_dir = write_small_fashion_mnist(tmp_path / "data")
+    run = gt.train(idx_run_config(data_dir, tmp_path / "run"))
+    with pytest.raises(ConfigError, match="started for 1 epochs.*change_length=True"):
+        gt.resume(run.run_dir, ["train.epochs=2"])
+    with pytest.raises(ConfigError, match="a resumed run keeps its config"):
+        gt.resume(run.run_dir, ["model.arch=mlp"])
+    longer = gt.resume(run.run_dir, ["train.epochs=2"], change_length=True)
+    assert longer.finished
+    epochs = (longer.run_dir / "epochs.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in epochs] == ["1", "2"]
