@@ -140,8 +140,15 @@ class GeneralistConfig:
     sync_start: float = 75 / 120
     sync_period: float = 5 / 120
     # "every_step": after every iteration of a sync epoch (the authors' code, our default);
-    # "epoch_end": once at the end of each sync epoch.
+    # "epoch_end": once at the end of each sync epoch;
+    # "windows": after every iteration that ends inside a sync window, the authors' sync epochs as fractions of the
+    # run: windows of sync_length ending at sync_start, sync_start + sync_period, ..., 1. With E = 120 it is
+    # every_step exactly; below ~24 epochs the period rounds to one epoch and every_step redistributes after
+    # every step of the last 3/8 of the run (the experts then barely move: G's decay scales their steps by
+    # 1 - d), where windows keeps the authors' ten short sync periods with free training between them.
     sync_mode: str = "every_step"
+    # Length of each sync window ("windows" only), a fraction of the run: one epoch of the authors' 120.
+    sync_length: float = 1 / 120
     robust_optim: OptimConfig = field(default_factory=lambda: OptimConfig(weight_decay=3.5e-3))
     natural_optim: OptimConfig = field(default_factory=lambda: OptimConfig(weight_decay=5e-4))
 
@@ -419,8 +426,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(g.decay_warmup >= 1.0, "method.generalist.decay_warmup", g.decay_warmup, "a value >= 1")
     _check(0.0 <= g.sync_start <= 1.0, "method.generalist.sync_start", g.sync_start, "a fraction in [0, 1]")
     _check(g.sync_period > 0, "method.generalist.sync_period", g.sync_period, "a fraction > 0")
-    _check(g.sync_mode in ("every_step", "epoch_end"), "method.generalist.sync_mode", g.sync_mode,
-           "'every_step' or 'epoch_end'")
+    _check(g.sync_mode in ("every_step", "epoch_end", "windows"), "method.generalist.sync_mode", g.sync_mode,
+           "'every_step', 'epoch_end' or 'windows'")
+    _check(0.0 < g.sync_length <= g.sync_period, "method.generalist.sync_length", g.sync_length,
+           f"a fraction in (0, sync_period = {g.sync_period:.6g}]")
     _check_optim(cfg.optim, "optim")
     _check_optim(g.robust_optim, "method.generalist.robust_optim")
     _check_optim(g.natural_optim, "method.generalist.natural_optim")

@@ -105,6 +105,7 @@ def open_session(cfg: RunConfig) -> Session:
     torch.manual_seed(cfg.train.seed)
     method = build_method(cfg, model_factory, device)
     method.set_training_size(len(splits.train))  # per-sample state indexed by dataset index (IAT)
+    method.set_epoch_length(len(splits.train) // cfg.data.batch_size)  # the loaders drop the last partial batch
     return Session(cfg, device, splits, method, model_metadata(cfg, ref, method))
 
 

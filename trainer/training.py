@@ -181,6 +181,7 @@ class TrainingRun:
             self.method.enable_data_parallel()
             assert_replicas_identical(self.method.networks(), "start of data-parallel training")
         self.loader = session.train_loader(rank=dist_rank(), world_size=world_size())
+        self.method.set_epoch_length(len(self.loader))  # the loader's own count (open_session's is N // batch)
         log.info("run %s: method %s, model %s, %d train / %d val images, %d steps/epoch x %d epochs on %s -> %s",
                  cfg.name, self.method.name, cfg.model.arch, len(session.splits.train), len(session.splits.val),
                  len(self.loader), cfg.train.epochs, session.device, self.run_dir)

@@ -11,8 +11,10 @@ from generalist_trainer.trainer.methods.generalist_schedule import (
     ema_decay,
     first_sync_epoch,
     is_sync_epoch,
+    in_sync_window,
     mix_beta,
     sync_period_epochs,
+    sync_steps_of_epoch,
 )
 from generalist_trainer.trainer.models import build_model
 
@@ -41,6 +43,30 @@ def test_sync_epochs_scale_to_short_runs():
     assert first_sync_epoch(8, PAPER) == 5 and sync_period_epochs(8, PAPER) == 1
     assert [e for e in range(1, 9) if is_sync_epoch(e, 8, PAPER)] == [5, 6, 7, 8]
     assert [e for e in range(1, 25) if is_sync_epoch(e, 24, PAPER)] == [15, 16, 17, 18, 19, 20, 21, 22, 23, 24]
+
+
+def test_sync_windows_are_the_authors_sync_epochs_at_120_epochs():
+    every_step = GeneralistConfig(sync_mode="every_step")
+    windows = GeneralistConfig(sync_mode="windows")
+    for steps in (1, 3, 7):
+        for epoch in range(1, 121):
+            assert (sync_steps_of_epoch(epoch, 120, steps, windows)
+                    == sync_steps_of_epoch(epoch, 120, steps, every_step)), (steps, epoch)
+
+
+def test_sync_windows_keep_the_authors_shape_in_a_short_run():
+    # 8 epochs of 156 steps (the study's run): every_step redistributes after all 624 steps of epochs 5-8.
+    windows = GeneralistConfig(sync_mode="windows")
+    run = [(e - 1) * 156 + b for e in range(1, 9) for b in sorted(sync_steps_of_epoch(e, 8, 156, windows))]
+    assert sum(len(sync_steps_of_epoch(e, 8, 156, GeneralistConfig())) for e in range(1, 9)) == 624
+    # Ten windows of 1/120 of the run (10.4 steps) ending at 75/120, 80/120, ..., 1: runs of consecutive steps.
+    starts = [s for s in run if s - 1 not in run]
+    ends = [s for s in run if s + 1 not in run]
+    assert len(starts) == 10 and ends[-1] == 8 * 156 - 1  # the run's last step redistributes
+    assert all(10 <= e - s + 1 <= 11 for s, e in zip(starts, ends))
+    assert [e + 1 for e in ends] == [780 + 52 * k for k in range(10)]  # 1248 * (75 + 5k) / 120 steps done
+    assert starts[0] + 1 == 770  # the first step that ends after 1248 * 74/120 = 769.6
+    assert not in_sync_window(0.5, windows) and in_sync_window(1.0, windows)
 
 
 def _generalist(sync_mode="every_step"):
@@ -131,3 +157,16 @@ def test_train_step_moves_experts_apart_and_global_towards_robust_average():
     for k, v in m.global_model.state_dict().items():
         if v.is_floating_point():
             torch.testing.assert_close(v, d * before[k] + (1 - d) * m.avg_robust.state_dict()[k])
+
+
+def test_windows_redistribute_after_exactly_the_window_steps():
+    m = _generalist(sync_mode="windows")  # train.epochs = 8
+    m.set_epoch_length(30)  # 240 steps: windows of 2 steps ending at steps 150, 160, ..., 240
+    x, y = torch.rand(8, 1, 12, 12), torch.randint(0, 4, (8,))
+    m.start_epoch(5)
+    assert m.sync_steps == {148, 149}
+    m.global_step = 146
+    for step in (146, 147, 148, 149):
+        m.train_step(x, y)
+        same = all(torch.equal(a, b) for a, b in zip(m.robust.parameters(), m.global_model.parameters()))
+        assert same == (step in (148, 149)), step

@@ -97,6 +97,9 @@ class Method(ABC):
     def set_training_size(self, num_samples: int) -> None:
         """The training set's size (dataset indices 0 .. num_samples - 1), for per-sample state."""
 
+    def set_epoch_length(self, steps: int) -> None:
+        """Training steps per epoch, for schedules finer than an epoch (Generalist's sync windows)."""
+
     def training_attacks(self) -> list:
         """The attacks the training step runs (their random starts follow `set_sample_window`)."""
         return []

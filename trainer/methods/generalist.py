@@ -26,7 +26,7 @@ from ..objectives import CleanObjective, Objective, build_objective
 from ..optim import set_lr
 from ..registry import METHODS
 from .base import Method, ModelFactory, attack_metrics
-from .generalist_schedule import ema_decay, is_sync_epoch, mix_beta
+from .generalist_schedule import ema_decay, is_sync_epoch, mix_beta, sync_steps_of_epoch
 from .objective_driven import ObjectiveDriven
 
 
@@ -106,6 +106,9 @@ class Generalist(ObjectiveDriven, Method):
         self.epoch = 1
         self.beta = 1.0
         self.sync_epoch = False
+        self.steps_per_epoch: int | None = None  # set_epoch_length; needed by sync_mode windows
+        # Global steps of the current epoch after which G is copied into the experts (every_step, windows).
+        self.sync_steps: frozenset[int] = frozenset()
 
     @classmethod
     def from_config(cls, cfg: RunConfig, model_factory: ModelFactory, device: torch.device) -> Generalist:
@@ -154,8 +157,21 @@ class Generalist(ObjectiveDriven, Method):
         set_lr(self.natural_optimizer, lr_n)
         self.beta = mix_beta(epoch, total, self.gcfg)
         self.sync_epoch = is_sync_epoch(epoch, total, self.gcfg)
-        return {"lr_robust": lr_r, "lr_natural": lr_n, "beta": self.beta, "sync": float(self.sync_epoch),
+        if self.gcfg.sync_mode == "windows":
+            if self.steps_per_epoch is None:
+                raise ValueError("Generalist: sync_mode 'windows' needs the steps per epoch; call "
+                                 "set_epoch_length(steps) before start_epoch")
+            batches = sync_steps_of_epoch(epoch, total, self.steps_per_epoch, self.gcfg)
+            self.sync_steps = frozenset((epoch - 1) * self.steps_per_epoch + b for b in batches)
+            sync = len(batches) / self.steps_per_epoch  # the fraction of this epoch's steps that redistribute
+        else:
+            self.sync_steps = frozenset()
+            sync = float(self.sync_epoch)
+        return {"lr_robust": lr_r, "lr_natural": lr_n, "beta": self.beta, "sync": sync,
                 **self.objective.start_epoch(epoch, total)}
+
+    def set_epoch_length(self, steps: int) -> None:
+        self.steps_per_epoch = steps
 
     def _robust_update(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepMetrics:
         """The robust expert's attack and optimiser step; reads only x, y (index: the rows' dataset indices, for an
@@ -252,7 +268,10 @@ class Generalist(ObjectiveDriven, Method):
             # gathered from its slice are averaged too, so S_R, S_N and G come out the same on every rank.
             average_buffers_(self.robust, self.natural)
         decay = ema_decay(self.global_step, self.gcfg)
-        sync_now = self.sync_epoch and self.gcfg.sync_mode == "every_step"
+        if self.gcfg.sync_mode == "windows":
+            sync_now = self.global_step in self.sync_steps  # a host set: no device read
+        else:
+            sync_now = self.sync_epoch and self.gcfg.sync_mode == "every_step"
         with phase("averaging"):
             self.average_and_mix(decay, redistribute=sync_now)
         self.global_step += 1
