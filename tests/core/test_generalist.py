@@ -10,8 +10,8 @@ from generalist_trainer.trainer.methods.generalist import Generalist
 from generalist_trainer.trainer.methods.generalist_schedule import (
     ema_decay,
     first_sync_epoch,
-    is_sync_epoch,
     in_sync_window,
+    is_sync_epoch,
     mix_beta,
     sync_period_epochs,
     sync_steps_of_epoch,
