@@ -8,6 +8,7 @@ import torch
 from generalist_trainer.trainer.config import GeneralistConfig, load_config
 from generalist_trainer.trainer.methods.generalist import Generalist
 from generalist_trainer.trainer.methods.generalist_schedule import (
+    distorted_sync_warning,
     ema_decay,
     first_sync_epoch,
     in_sync_window,
@@ -170,3 +171,16 @@ def test_windows_redistribute_after_exactly_the_window_steps():
         m.train_step(x, y)
         same = all(torch.equal(a, b) for a, b in zip(m.robust.parameters(), m.global_model.parameters()))
         assert same == (step in (148, 149)), step
+
+
+def test_every_step_warns_when_a_short_run_would_freeze_the_experts(caplog):
+    assert "4 of the 8 epochs (50% of the run" in distorted_sync_warning(8, PAPER)
+    assert distorted_sync_warning(120, PAPER) is None and distorted_sync_warning(100, PAPER) is None
+    assert distorted_sync_warning(8, GeneralistConfig(sync_mode="windows")) is None
+    with caplog.at_level("INFO"):
+        _generalist()  # train.epochs = 8, every_step
+    assert "sync_mode windows keeps the authors' shape" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        _generalist(sync_mode="windows")
+    assert "sync_mode" not in caplog.text

@@ -13,6 +13,7 @@ flat buffers, instead of the authors' per-key state_dict rebuilds (spec/generali
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 from torch import nn
@@ -26,8 +27,10 @@ from ..objectives import CleanObjective, Objective, build_objective
 from ..optim import set_lr
 from ..registry import METHODS
 from .base import Method, ModelFactory, attack_metrics
-from .generalist_schedule import ema_decay, is_sync_epoch, mix_beta, sync_steps_of_epoch
+from .generalist_schedule import distorted_sync_warning, ema_decay, is_sync_epoch, mix_beta, sync_steps_of_epoch
 from .objective_driven import ObjectiveDriven
+
+log = logging.getLogger(__name__)
 
 
 def pack_integer_buffers(arenas: list[FlatArena]) -> torch.Tensor | None:
@@ -118,6 +121,10 @@ class Generalist(ObjectiveDriven, Method):
         method = cls(model_factory, objective, cfg.method.generalist, engine, epochs=cfg.train.epochs,
                      seed=cfg.train.seed, natural_objective=natural)
         method.cfg = cfg
+        note = distorted_sync_warning(cfg.train.epochs, cfg.method.generalist)
+        if note is not None:
+            # On stdout with the run's other lines (info): stderr stays for errors, one line each.
+            log.info("note: %s", note)
         return method
 
     @property

@@ -61,3 +61,21 @@ def sync_steps_of_epoch(epoch: int, total_epochs: int, steps_per_epoch: int, cfg
     run_steps = total_epochs * steps_per_epoch
     first = (epoch - 1) * steps_per_epoch
     return frozenset(b for b in range(steps_per_epoch) if in_sync_window((first + b + 1) / run_steps, cfg))
+
+
+def distorted_sync_warning(total_epochs: int, cfg: GeneralistConfig) -> str | None:
+    """A warning when sync_mode every_step at this run length redistributes after every step of over 1.5 times the
+    authors' share of the run (10 windows of sync_length: 10/120 with the defaults); None otherwise."""
+    if cfg.sync_mode != "every_step":
+        return None
+    windows = math.floor((1.0 - cfg.sync_start) / cfg.sync_period + _EDGE) + 1
+    intended = windows * cfg.sync_length
+    epochs = [e for e in range(1, total_epochs + 1) if is_sync_epoch(e, total_epochs, cfg)]
+    share = len(epochs) / total_epochs
+    if share <= intended * 1.5:
+        return None
+    return (f"method.generalist.sync_mode every_step at {total_epochs} epochs: the sync period rounds to "
+            f"{sync_period_epochs(total_epochs, cfg)} epoch(s), so G is copied into both experts after every step of "
+            f"{len(epochs)} of the {total_epochs} epochs ({share:.0%} of the run; the authors' schedule: "
+            f"{intended:.0%}), and the experts barely move then; sync_mode windows keeps the authors' shape at "
+            "any length")
