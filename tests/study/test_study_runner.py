@@ -229,6 +229,23 @@ def test_summary_json_is_written_from_results(study):
     assert summary["methods"]["trades"]["columns"]["val_pgd10"]["mean"] == pytest.approx(50.0)
 
 
+def test_summary_folder_keeps_two_plans_on_one_results_folder_apart(study):
+    root, run = study
+    run()
+    from generalist_trainer.trainer.study import write_summary
+
+    write_summary(load_plan(root / "plan.yaml"), root)
+    core = (root / "results/study/summary.json").read_text()
+    (root / "ext.yaml").write_text(PLAN.replace("name: toy", "name: ext").replace(
+        "  baseline: pgd_at\n", "  baseline: pgd_at\n  folder: results/study/ext\n"))
+    write_summary(load_plan(root / "ext.yaml"), root)
+    assert (root / "results/study/summary.json").read_text() == core
+    assert json.loads((root / "results/study/ext/summary.json").read_text())["study"] == "ext"
+    (root / "bad.yaml").write_text(PLAN.replace("  baseline: pgd_at\n", "  baseline: pgd_at\n  folder: [x]\n"))
+    with pytest.raises(ConfigError, match="summary.folder"):
+        load_plan(root / "bad.yaml")
+
+
 BEST_EVAL = "  - {name: test_best, which: best, same_as: test, overrides: [eval.num_points=10]}\n"
 BEST_PLAN = PLAN.replace("  - {name: aa, which: last", BEST_EVAL + "  - {name: aa, which: last")
 

@@ -13,6 +13,7 @@
       - {name: test_last, which: last, overrides: [eval.num_points=10000, "eval.attacks=[clean, pgd, cw]"]}
       - {name: aa_last, which: last, seeds: [0], after_grid: true, overrides: [...]}   # seeds / runs: only those
     summary: {baseline: pgd_at, columns: [{name: clean, eval: test_last, key: clean}, ...]}
+                                      # optional summary.folder: where the summary goes (default: results_dir)
 
 The plan expands into units (one training, or one evaluation of one run) whose outputs say whether they are
 done (trainer/study/runner.py runs them). Paths in the plan are relative to the folder the study runs from.
@@ -82,6 +83,9 @@ class SummarySpec:
     columns: tuple[Column, ...] = ()
     # The trade-off plot: x and y column names.
     tradeoff: tuple[str, str] | None = None
+    # Where summary.json / .md / tradeoff.png go (None: results_dir). Two plans sharing one results folder (an
+    # extension grid reusing a core grid's finished runs) each need their own, or one overwrites the other's.
+    folder: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -210,7 +214,7 @@ def load_plan(path: str | Path) -> StudyPlan:
 
 
 def _summary(path: Path, data: Any, run_names: list[str], eval_names: set[str]) -> SummarySpec:
-    s = _mapping(path, "summary", data, {"baseline", "columns", "tradeoff"})
+    s = _mapping(path, "summary", data, {"baseline", "columns", "tradeoff", "folder"})
     baseline = s.get("baseline")
     if baseline is not None and baseline not in run_names:
         raise _fail(path, "summary.baseline", baseline, f"one of the run names {run_names}")
@@ -231,4 +235,8 @@ def _summary(path: Path, data: Any, run_names: list[str], eval_names: set[str]) 
         if not (isinstance(tradeoff, list) and len(tradeoff) == 2 and set(tradeoff) <= names):
             raise _fail(path, "summary.tradeoff", tradeoff, f"two column names from {sorted(names)}")
         tradeoff = (tradeoff[0], tradeoff[1])
-    return SummarySpec(baseline=baseline, columns=tuple(columns), tradeoff=tradeoff)
+    folder = s.get("folder")
+    if folder is not None and (not isinstance(folder, str) or not folder):
+        raise _fail(path, "summary.folder", folder, "a folder path")
+    return SummarySpec(baseline=baseline, columns=tuple(columns), tradeoff=tradeoff,
+                       folder=Path(folder) if folder else None)

@@ -204,9 +204,10 @@ def tradeoff_plot(summary: dict, x: str, y: str, out: Path) -> Path | None:
 
 
 def write_summary(plan: StudyPlan, root: Path = Path(".")) -> dict:
-    """summary.json, summary.md and (with a trade-off pair and matplotlib) tradeoff.png in the results folder."""
+    """summary.json, summary.md and (with a trade-off pair and matplotlib) tradeoff.png in the plan's summary
+    folder (default: its results folder)."""
     summary = summarise(plan, collect(plan, root))
-    folder = root / plan.results_dir
+    folder = root / (plan.summary.folder or plan.results_dir)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (folder / "summary.md").write_text(markdown(summary))
