@@ -5,19 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from generalist_trainer.trainer.data import ArrayDataset, CpuLoader
+from generalist_trainer.trainer.data import CpuLoader
 from generalist_trainer.trainer.errors import ConfigError
 
-
-def _dataset(count=50, side=8, channels=3):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (count, side, side, channels), dtype=np.uint8)
-    # One class per point, so labels identify which image a batch row came from.
-    return ArrayDataset(images, np.arange(count), count, "toy", (0.5,) * channels, (0.25,) * channels)
-
-
-def _epoch(loader, epoch, start=0):
-    return [(x.clone(), y.clone()) for x, y in loader.batches(epoch, start=start)]
+from .loader_batches import epoch_batches, toy_dataset
 
 
 def _raw(ds, indices):
@@ -25,9 +16,9 @@ def _raw(ds, indices):
 
 
 def test_batch_format_and_count():
-    ds = _dataset()
+    ds = toy_dataset()
     loader = CpuLoader(ds, 16, shuffle=True, padding=2, flip=True, seed=0, drop_last=False)
-    batches = _epoch(loader, 1)
+    batches = epoch_batches(loader, 1)
     assert len(loader) == len(batches) == 4
     assert [len(y) for _, y in batches] == [16, 16, 16, 2]
     for x, y in batches:
@@ -38,27 +29,27 @@ def test_batch_format_and_count():
 
 
 def test_same_seed_same_batches_and_resume_equals_tail():
-    ds = _dataset()
+    ds = toy_dataset()
     make = lambda seed: CpuLoader(ds, 8, shuffle=True, padding=2, flip=True, seed=seed, drop_last=True)  # noqa: E731
-    full = _epoch(make(5), 3)
-    again = _epoch(make(5), 3)
+    full = epoch_batches(make(5), 3)
+    again = epoch_batches(make(5), 3)
     for (x, y), (x2, y2) in zip(full, again, strict=True):
         torch.testing.assert_close(x, x2, rtol=0, atol=0)
         torch.testing.assert_close(y, y2, rtol=0, atol=0)
     for start in (1, 4, len(full)):
-        tail = _epoch(make(5), 3, start=start)
+        tail = epoch_batches(make(5), 3, start=start)
         assert len(tail) == len(full) - start
         for (x, y), (x2, y2) in zip(full[start:], tail, strict=True):
             torch.testing.assert_close(x, x2, rtol=0, atol=0)
             torch.testing.assert_close(y, y2, rtol=0, atol=0)
-    other_seed = _epoch(make(6), 3)
-    other_epoch = _epoch(make(5), 4)
+    other_seed = epoch_batches(make(6), 3)
+    other_epoch = epoch_batches(make(5), 4)
     assert not torch.equal(full[0][1], other_seed[0][1])
     assert not torch.equal(full[0][1], other_epoch[0][1])
 
 
 def test_no_augmentation_without_shuffle_gives_the_raw_images_in_order():
-    ds = _dataset()
+    ds = toy_dataset()
     loader = CpuLoader(ds, 16, shuffle=False, padding=0, flip=False, seed=0, drop_last=False)
     x = torch.cat([x for x, _ in loader.batches(7)])
     y = torch.cat([y for _, y in loader.batches(7)])
@@ -67,7 +58,7 @@ def test_no_augmentation_without_shuffle_gives_the_raw_images_in_order():
 
 
 def test_crop_is_a_shifted_window_of_the_padded_image():
-    ds = _dataset(count=40)
+    ds = toy_dataset(count=40)
     loader = CpuLoader(ds, 40, shuffle=False, padding=2, flip=False, seed=1, drop_last=False)
     (x, _), = loader.batches(0)
     padded = F.pad(_raw(ds, np.arange(40)), (2, 2, 2, 2))
@@ -81,7 +72,7 @@ def test_crop_is_a_shifted_window_of_the_padded_image():
 
 
 def test_flip_mirrors_about_half_of_the_images():
-    ds = _dataset(count=64)
+    ds = toy_dataset(count=64)
     loader = CpuLoader(ds, 64, shuffle=False, padding=0, flip=True, seed=2, drop_last=False)
     (x, _), = loader.batches(0)
     raw = _raw(ds, np.arange(64))
@@ -92,29 +83,29 @@ def test_flip_mirrors_about_half_of_the_images():
 
 def test_global_rng_untouched():
     np_state, torch_state = np.random.get_state()[1].copy(), torch.get_rng_state().clone()
-    loader = CpuLoader(_dataset(), 8, shuffle=True, padding=2, flip=True, seed=0, drop_last=False)
-    _epoch(loader, 1)
+    loader = CpuLoader(toy_dataset(), 8, shuffle=True, padding=2, flip=True, seed=0, drop_last=False)
+    epoch_batches(loader, 1)
     np.testing.assert_array_equal(np.random.get_state()[1], np_state)
     assert torch.equal(torch.get_rng_state(), torch_state)
 
 
 def test_empty_dataset_and_bad_arguments():
-    empty = _dataset().subset(np.arange(0))
+    empty = toy_dataset().subset(np.arange(0))
     loader = CpuLoader(empty, 8, shuffle=True, padding=2, flip=True, seed=0, drop_last=False)
-    assert len(loader) == 0 and _epoch(loader, 1) == []
+    assert len(loader) == 0 and epoch_batches(loader, 1) == []
     with pytest.raises(ConfigError, match="batch size"):
         CpuLoader(empty, 0)
     with pytest.raises(ConfigError, match="start batch 5"):
-        CpuLoader(_dataset(), 16, drop_last=True).batches(0, start=5)
+        CpuLoader(toy_dataset(), 16, drop_last=True).batches(0, start=5)
 
 
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_ranks_split_every_global_batch_into_contiguous_slices(drop_last):
-    ds = _dataset(count=50)
+    ds = toy_dataset(count=50)
     make = lambda **kw: CpuLoader(ds, 16, shuffle=True, padding=2, flip=True, seed=3,  # noqa: E731
                                   drop_last=drop_last, **kw)
-    whole = _epoch(make(), 2)
-    shards = [_epoch(make(rank=r, world_size=4), 2) for r in range(4)]
+    whole = epoch_batches(make(), 2)
+    shards = [epoch_batches(make(rank=r, world_size=4), 2) for r in range(4)]
     assert all(len(make(rank=r, world_size=4)) == len(make()) for r in range(4))  # same plan length everywhere
     for k, (x, y) in enumerate(whole):
         # Concatenated in rank order, the ranks' batch k is the global batch k, augmentation included.
@@ -127,11 +118,11 @@ def test_ranks_split_every_global_batch_into_contiguous_slices(drop_last):
 
 
 def test_a_rank_resumes_at_any_batch_with_its_own_slices():
-    ds = _dataset(count=64)
+    ds = toy_dataset(count=64)
     make = lambda: CpuLoader(ds, 8, shuffle=True, padding=2, flip=True, seed=4, drop_last=True,  # noqa: E731
                              rank=1, world_size=2)
-    full = _epoch(make(), 5)
-    tail = _epoch(make(), 5, start=3)
+    full = epoch_batches(make(), 5)
+    tail = epoch_batches(make(), 5, start=3)
     assert all(len(y) == 4 for _, y in full) and len(tail) == len(full) - 3
     for (x, y), (x2, y2) in zip(full[3:], tail, strict=True):
         torch.testing.assert_close(x, x2, rtol=0, atol=0)
@@ -139,7 +130,7 @@ def test_a_rank_resumes_at_any_batch_with_its_own_slices():
 
 
 def test_sharding_arguments_are_checked():
-    ds = _dataset()
+    ds = toy_dataset()
     with pytest.raises(ConfigError, match=r"'data.batch_size' = 10: expected a multiple of the world size 4"):
         CpuLoader(ds, 10, rank=0, world_size=4)
     with pytest.raises(ConfigError, match="rank 2: expected 0..1"):

@@ -1,30 +1,12 @@
 """GpuLoader (run on the CPU device here): CpuLoader's batches bit for bit, rank shards, exact resume."""
 
-import numpy as np
 import pytest
 import torch
 
-from generalist_trainer.trainer.data import ArrayDataset, CpuLoader, GpuLoader
+from generalist_trainer.trainer.data import CpuLoader, GpuLoader
 from generalist_trainer.trainer.errors import ConfigError
 
-
-def _dataset(count=50, side=8, channels=3):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (count, side, side, channels), dtype=np.uint8)
-    # One class per point, so labels identify which image a batch row came from.
-    return ArrayDataset(images, np.arange(count), count, "toy", (0.5,) * channels, (0.25,) * channels)
-
-
-def _epoch(loader, epoch, start=0):
-    return [(x.clone(), y.clone()) for x, y in loader.batches(epoch, start=start)]
-
-
-def _assert_same_batches(got, expected):
-    assert len(got) == len(expected)
-    for k, ((x, y), (x2, y2)) in enumerate(zip(got, expected)):
-        assert x.dtype == x2.dtype == torch.float32 and y.dtype == y2.dtype == torch.int64, f"batch {k}"
-        torch.testing.assert_close(x, x2, rtol=0, atol=0, msg=f"images of batch {k} differ")
-        torch.testing.assert_close(y, y2, rtol=0, atol=0, msg=f"labels of batch {k} differ")
+from .loader_batches import assert_same_batches, epoch_batches, toy_dataset
 
 
 @pytest.mark.parametrize("shuffle,padding,flip,drop_last", [
@@ -32,16 +14,16 @@ def _assert_same_batches(got, expected):
     (False, 1, True, False),
 ])
 def test_identical_to_cpu_loader(shuffle, padding, flip, drop_last):
-    ds = _dataset()
+    ds = toy_dataset()
     kwargs = dict(shuffle=shuffle, padding=padding, flip=flip, seed=3, drop_last=drop_last)
     cpu, gpu = CpuLoader(ds, 16, **kwargs), GpuLoader(ds, 16, device="cpu", **kwargs)
     assert len(gpu) == len(cpu)
     for epoch in (0, 2):
-        _assert_same_batches(_epoch(gpu, epoch), _epoch(cpu, epoch))
+        assert_same_batches(epoch_batches(gpu, epoch), epoch_batches(cpu, epoch))
 
 
 def test_dataset_is_resident_on_the_device_once():
-    ds = _dataset(count=20, side=6, channels=1)
+    ds = toy_dataset(count=20, side=6, channels=1)
     loader = GpuLoader(ds, 4, device="cpu", shuffle=True, padding=1, flip=True)
     assert loader.images.shape == (20, 6, 6, 1) and loader.images.dtype == torch.uint8
     assert loader.images.device == torch.device("cpu") and loader.labels.dtype == torch.int64
@@ -53,11 +35,11 @@ def test_dataset_is_resident_on_the_device_once():
 @pytest.mark.parametrize("world_size", [2, 4])
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_rank_shards_concatenate_to_the_global_batch(world_size, drop_last):
-    ds = _dataset()  # 50 points, batch 8: the last global batch has 2 rows when kept
+    ds = toy_dataset()  # 50 points, batch 8: the last global batch has 2 rows when kept
     kwargs = dict(shuffle=True, padding=2, flip=True, seed=1, drop_last=drop_last)
-    whole = _epoch(GpuLoader(ds, 8, device="cpu", **kwargs), 1)
+    whole = epoch_batches(GpuLoader(ds, 8, device="cpu", **kwargs), 1)
     shards = [GpuLoader(ds, 8, device="cpu", rank=r, world_size=world_size, **kwargs) for r in range(world_size)]
-    per_rank = [_epoch(s, 1) for s in shards]
+    per_rank = [epoch_batches(s, 1) for s in shards]
     assert all(len(s) == len(whole) for s in shards) and all(len(b) == len(whole) for b in per_rank)
     for k, (x, y) in enumerate(whole):
         rows = [b[k] for b in per_rank]
@@ -71,19 +53,19 @@ def test_rank_shards_concatenate_to_the_global_batch(world_size, drop_last):
 
 
 def test_resume_from_any_batch_equals_the_tail_of_a_full_pass():
-    ds = _dataset()
+    ds = toy_dataset()
     loader = GpuLoader(ds, 8, device="cpu", shuffle=True, padding=2, flip=True, seed=5, drop_last=True)
-    full = _epoch(loader, 3)
+    full = epoch_batches(loader, 3)
     for start in (1, 4, len(full)):
-        _assert_same_batches(_epoch(loader, 3, start=start), full[start:])
+        assert_same_batches(epoch_batches(loader, 3, start=start), full[start:])
 
 
 def test_seeds_and_epochs_change_the_batches():
-    ds = _dataset()
+    ds = toy_dataset()
     make = lambda seed: GpuLoader(ds, 8, device="cpu", shuffle=True, padding=2, flip=True, seed=seed)  # noqa: E731
-    first = _epoch(make(5), 3)[0]
-    assert not torch.equal(first[1], _epoch(make(6), 3)[0][1])
-    assert not torch.equal(first[1], _epoch(make(5), 4)[0][1])
+    first = epoch_batches(make(5), 3)[0]
+    assert not torch.equal(first[1], epoch_batches(make(6), 3)[0][1])
+    assert not torch.equal(first[1], epoch_batches(make(5), 4)[0][1])
     # Same order, different augmentation draws only: padding 2 moves at least one image.
     no_shuffle = [GpuLoader(ds, 50, device="cpu", padding=2, flip=True, seed=s) for s in (0, 1)]
     (xa, ya), = no_shuffle[0].batches(0)
@@ -92,7 +74,7 @@ def test_seeds_and_epochs_change_the_batches():
 
 
 def test_bad_arguments_are_config_errors_naming_the_value():
-    ds = _dataset()
+    ds = toy_dataset()
     with pytest.raises(ConfigError, match="data.batch_size.*multiple of the world size 3"):
         GpuLoader(ds, 8, device="cpu", world_size=3)
     with pytest.raises(ConfigError, match="rank 2"):
@@ -110,12 +92,12 @@ def test_bad_arguments_are_config_errors_naming_the_value():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("shuffle,padding,flip,drop_last", [(True, 2, True, True), (False, 1, True, False)])
 def test_on_cuda_the_batches_are_the_cpu_loaders_bit_for_bit(shuffle, padding, flip, drop_last):
-    ds = _dataset()
+    ds = toy_dataset()
     kwargs = dict(shuffle=shuffle, padding=padding, flip=flip, seed=3, drop_last=drop_last)
     gpu = GpuLoader(ds, 16, device="cuda", **kwargs)
     assert gpu.images.is_cuda and gpu.labels.is_cuda and gpu.images.dtype == torch.uint8
-    got = _epoch(gpu, 2)
+    got = epoch_batches(gpu, 2)
     assert all(x.is_cuda and y.is_cuda for x, y in got)
-    _assert_same_batches([(x.cpu(), y.cpu()) for x, y in got], _epoch(CpuLoader(ds, 16, **kwargs), 2))
-    _assert_same_batches([(x.cpu(), y.cpu()) for x, y in _epoch(gpu, 2, start=1)], [(x.cpu(), y.cpu())
+    assert_same_batches([(x.cpu(), y.cpu()) for x, y in got], epoch_batches(CpuLoader(ds, 16, **kwargs), 2))
+    assert_same_batches([(x.cpu(), y.cpu()) for x, y in epoch_batches(gpu, 2, start=1)], [(x.cpu(), y.cpu())
                                                                                    for x, y in got[1:]])
