@@ -510,6 +510,14 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
+        isinstance(value, str) and _DECIMAL.fullmatch(value.strip()) is not None)
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Convert a YAML/JSON value to the annotated type, raising ConfigError on a mismatch."""
     origin = typing.get_origin(tp)
@@ -519,9 +527,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
+    if tp is Schedule and _is_number(value):
+        # A plain number is a constant schedule (optim.lr=0.1, method.generalist.beta=1.0).
+        value = {"knots": [0.0], "values": [value]}
     if _is_dataclass_type(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"config field '{where}' = {value!r}: expected a mapping of {tp.__name__} fields")
+            expected = ("a number (constant) or a mapping {knots: [...], values: [...]}" if tp is Schedule
+                        else f"a mapping of {tp.__name__} fields")
+            raise ConfigError(f"config field '{where}' = {value!r}: expected {expected}")
         return from_dict(tp, value, prefix=where + ".")
     if origin is tuple:
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
@@ -540,6 +553,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"config field '{where}' = {value!r}: expected an integer")
         return value
     if tp is float:
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            # YAML 1.1 reads 5e-4 (no dot in the mantissa) as a string; it is the number the user wrote.
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config field '{where}' = {value!r}: expected a number")
         try:

@@ -65,3 +65,16 @@ def test_every_preset_loads():
     assert files
     for f in files:
         load_config(f)
+
+
+def test_a_number_is_a_constant_schedule_and_exponent_strings_are_numbers():
+    cfg = load_config(None, ["optim.lr=0.1", "method.generalist.beta=1.0", "optim.weight_decay=5e-4",
+                             "attack.eps=1E-1"])
+    assert cfg.optim.lr.knots == (0.0,) and cfg.optim.lr.values == (0.1,)
+    assert [cfg.optim.lr.at(e, 8) for e in (1, 4, 8)] == [0.1, 0.1, 0.1]
+    assert cfg.method.generalist.beta.at(8, 8) == 1.0
+    assert cfg.optim.weight_decay == 5e-4 and isinstance(cfg.optim.weight_decay, float) and cfg.attack.eps == 0.1
+    for bad, field in (("optim.lr=fast", "optim.lr"), ("optim.weight_decay=nan", "optim.weight_decay"),
+                       ("attack.eps=1e", "attack.eps")):
+        with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+            load_config(None, [bad])
