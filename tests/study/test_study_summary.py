@@ -73,3 +73,29 @@ def test_summary_and_markdown_from_made_up_results():
     trades = summary["methods"]["trades"]["vs_baseline"]["pgd20"]
     assert f"{trades['mean']:+.1f} [{trades['ci95'][0]:+.1f}, {trades['ci95'][1]:+.1f}]" in text
     assert "+1.4 (n = 1)" not in text and "(n = 1)" in text  # generalist pgd20: one pair, no interval
+
+
+def test_tradeoff_points_pair_the_seeds_that_have_both_figures():
+    from generalist_trainer.trainer.study.summary import tradeoff_points
+
+    points = {p["method"]: p for p in tradeoff_points(summarise(plan(), VALUES), "clean", "pgd20")}
+    # Generalist has clean for seeds 0 and 1 but pgd20 only for seed 0: its point is seed 0's alone.
+    assert points["generalist"]["seeds"] == [0]
+    assert points["generalist"]["x"] == pytest.approx(78.4) and points["generalist"]["x_std"] == 0.0
+    assert points["trades"]["seeds"] == [0, 1, 2]
+    assert points["trades"]["y_std"] == pytest.approx(np.std([66.8, 66.0, 67.5], ddof=1))
+
+
+@pytest.mark.parametrize("natural_pgd20, panels", [(1.0, 2), (60.0, 1)])
+def test_tradeoff_plot_zooms_beside_a_method_far_below_the_rest(tmp_path, natural_pgd20, panels):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from generalist_trainer.trainer.study.summary import tradeoff_plot
+
+    values = {**VALUES, "natural": {0: {"clean": 90.0, "pgd20": natural_pgd20}}}
+    summary = summarise(plan(), values)
+    assert summary["labels"] == {"clean": "clean", "pgd20": "pgd20"}
+    out = tradeoff_plot(summary, "clean", "pgd20", tmp_path / "t.png")
+    width, height = Image.open(out).size
+    assert width == pytest.approx(panels * 6.4 * 120, abs=2) and height == pytest.approx(4.8 * 120, abs=2)

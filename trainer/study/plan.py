@@ -75,6 +75,8 @@ class Column:
     eval: str | None = None  # None: read epochs.csv
     # epochs.csv only: "last" row, or the row with the highest val_score (the selected checkpoint's epoch).
     row: str = "last"
+    # How the trade-off plot's axis names it (None: the name).
+    label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -220,15 +222,17 @@ def _summary(path: Path, data: Any, run_names: list[str], eval_names: set[str]) 
         raise _fail(path, "summary.baseline", baseline, f"one of the run names {run_names}")
     columns = []
     for i, item in enumerate(s.get("columns") or []):
-        c = _mapping(path, f"summary.columns[{i}]", item, {"name", "key", "eval", "row"})
+        c = _mapping(path, f"summary.columns[{i}]", item, {"name", "key", "eval", "row", "label"})
         if c.get("eval") is not None and c["eval"] not in eval_names:
             raise _fail(path, f"summary.columns[{i}].eval", c["eval"], f"one of the evaluations {sorted(eval_names)}")
         if c.get("row", "last") not in ("last", "best"):
             raise _fail(path, f"summary.columns[{i}].row", c.get("row"), "'last' or 'best'")
         if not isinstance(c.get("key"), str):
             raise _fail(path, f"summary.columns[{i}].key", c.get("key"), "a result key such as 'clean' or 'pgd20'")
+        if c.get("label") is not None and not isinstance(c["label"], str):
+            raise _fail(path, f"summary.columns[{i}].label", c["label"], "a string")
         columns.append(Column(_name(path, f"summary.columns[{i}].name", c.get("name")), c["key"], c.get("eval"),
-                              c.get("row", "last")))
+                              c.get("row", "last"), c.get("label")))
     tradeoff = s.get("tradeoff")
     if tradeoff is not None:
         names = {c.name for c in columns}

@@ -133,8 +133,9 @@ def summarise(plan: StudyPlan, values: dict[str, dict[int, dict[str, float]]]) -
                 d = paired_difference(per_seed, base)
                 entry["vs_baseline"][col] = None if d is None else d.to_dict()
         methods[method] = entry
-    return {"study": plan.name, "baseline": baseline, "columns": columns, "confidence": CONFIDENCE,
-            "methods": methods}
+    labels = {c.name: c.label or c.name for c in plan.summary.columns}
+    return {"study": plan.name, "baseline": baseline, "columns": columns, "labels": labels,
+            "confidence": CONFIDENCE, "methods": methods}
 
 
 def _cell(stat: dict | None) -> str:
@@ -172,8 +173,32 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# A method is drawn in the zoomed panel when its mean on the plot's y axis is at least this share of the best
+# method's: a natural baseline near 0% robust accuracy would otherwise squeeze the robust methods into a corner.
+ZOOM_SHARE = 0.5
+
+
+def tradeoff_points(summary: dict, x: str, y: str) -> list[dict]:
+    """Per method with both figures: the seeds that have both, and mean / sample std over those seeds only, so a
+    point never pairs a mean over three seeds with a mean over one."""
+    points = []
+    for i, (method, entry) in enumerate(summary["methods"].items()):
+        cx, cy = entry["columns"].get(x), entry["columns"].get(y)
+        if not cx or not cy:
+            continue
+        seeds = sorted(set(cx["values"]) & set(cy["values"]))
+        if not seeds:
+            continue
+        xs, ys = [cx["values"][s] for s in seeds], [cy["values"][s] for s in seeds]
+        sx, sy = spread(xs), spread(ys)
+        points.append({"method": method, "color": f"C{i % 10}", "seeds": seeds, "xs": xs, "ys": ys,
+                       "x": sx.mean, "y": sy.mean, "x_std": sx.std or 0.0, "y_std": sy.std or 0.0})
+    return points
+
+
 def tradeoff_plot(summary: dict, x: str, y: str, out: Path) -> Path | None:
-    """Each method's seeds (faint) and mean with std bars in both axes."""
+    """Each method's seeds (faint) and mean with std bars in both axes; beside it, when some method is far below
+    the rest on y (a natural baseline), the same zoomed on the others."""
     try:
         import matplotlib
     except ImportError:
@@ -181,21 +206,26 @@ def tradeoff_plot(summary: dict, x: str, y: str, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    for i, (method, entry) in enumerate(summary["methods"].items()):
-        cx, cy = entry["columns"].get(x), entry["columns"].get(y)
-        if not cx or not cy:
-            continue
-        color = f"C{i % 10}"
-        seeds = sorted(set(cx["values"]) & set(cy["values"]))
-        ax.scatter([cx["values"][s] for s in seeds], [cy["values"][s] for s in seeds], color=color, alpha=0.35, s=18)
-        ax.errorbar(cx["mean"], cy["mean"], xerr=cx["std"] or 0, yerr=cy["std"] or 0, fmt="o", color=color,
-                    capsize=4, markersize=7, label=f"{method} (n = {len(seeds)})")
-    ax.set_xlabel(f"{x} accuracy (%)")
-    ax.set_ylabel(f"{y} accuracy (%)")
-    ax.set_title(f"{summary['study']}: mean ± std over seeds (dots: seeds)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    points = tradeoff_points(summary, x, y)
+    if not points:
+        return None
+    top = max(p["y"] for p in points)
+    near = [p for p in points if p["y"] >= ZOOM_SHARE * top]
+    panels = [("all methods", points)] + ([(f"zoom: mean {y} >= {ZOOM_SHARE:.0%} of the best", near)]
+                                          if len(near) < len(points) else [])
+    labels = summary.get("labels", {})
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.8), squeeze=False)
+    for ax, (title, shown) in zip(axes[0], panels):
+        for p in shown:
+            ax.scatter(p["xs"], p["ys"], color=p["color"], alpha=0.35, s=18)
+            ax.errorbar(p["x"], p["y"], xerr=p["x_std"], yerr=p["y_std"], fmt="o", color=p["color"], capsize=4,
+                        markersize=7, label=f"{p['method']} (n = {len(p['seeds'])})")
+        ax.set_xlabel(f"{labels.get(x, x)}, accuracy (%)")
+        ax.set_ylabel(f"{labels.get(y, y)}, accuracy (%)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(f"{summary['study']}: mean ± std over seeds (dots: seeds)", fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
